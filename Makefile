@@ -1,0 +1,37 @@
+# Developer entry points. `make test` is the README's (and CI's) test command.
+SHELL := /bin/bash
+PYTHON := .venv/bin/python
+
+.PHONY: venv test unit lint format typecheck crds control-plane cluster-up cluster-down demo
+
+venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<deps hash>), linked as .venv
+	@bash hack/ensure-venv.sh >/dev/null
+
+control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached, versioned)
+	@bash hack/build-control-plane.sh
+
+test: venv control-plane lint typecheck  ## everything CI runs: lint, types, unit, runtime and cluster tests
+	$(PYTHON) -m pytest
+
+unit: venv  ## the fast tests only (no cluster, no multi-process torch)
+	$(PYTHON) -m pytest -m "not cluster and not distributed"
+
+lint: venv
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: venv
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+typecheck: venv  ## mypy --strict on the pure modules
+	$(PYTHON) -m mypy api/maas_api operator/maas_operator/planner
+
+crds: venv  ## regenerate crds/maasjob.yaml from the API models
+	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml
+
+cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
+	@$(PYTHON) -m maas_devcluster up
+
+cluster-down: venv
+	@$(PYTHON) -m maas_devcluster down

@@ -1,0 +1,64 @@
+"""The start-up contract between the operator and a worker: files, environment, ranks and exit codes.
+
+The operator creates one pod per worker; each pod runs
+
+    torchrun --nnodes=$WORLD_PODS --nproc-per-node=$PROCS --node-rank=$WORKER_INDEX \
+             --rdzv-backend=c10d --rdzv-endpoint=<worker 0's stable DNS name>:29400 -m maas_runtime
+
+(given through `PET_*` environment variables) with the plan mounted at PLAN_PATH. Worker 0 hosts the
+rendezvous store: the endpoint is its own hostname, so torchrun there serves it and every other pod connects.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+PLAN_PATH = "/etc/maas/plan.json"
+"""Where the plan ConfigMap is mounted in every worker."""
+PLAN_PATH_ENV = "MAAS_PLAN_PATH"
+"""Overrides PLAN_PATH (tests, local runs)."""
+WORKER_INDEX_ENV = "MAAS_WORKER_INDEX"
+"""The pod's worker index, equal to torchrun's node rank."""
+PROGRESS_PORT_ENV = "MAAS_PROGRESS_PORT"
+"""Port of the `/progress` and `/metrics` HTTP endpoint on global rank 0 (train) or every first stage (serve)."""
+DEFAULT_PROGRESS_PORT = 9400
+RENDEZVOUS_PORT = 29400
+"""torchrun's c10d rendezvous port on worker 0."""
+
+
+class ExitCode(IntEnum):
+    """Exit codes of `python -m maas_runtime`; the operator maps them to Retry or Fail."""
+
+    SUCCESS = 0
+    """Training finished all steps, or serving drained after SIGTERM."""
+    UNCAUGHT_ERROR = 1
+    """An exception the runtime did not classify (user code bug): permanent by default, as in Kubeflow."""
+    RETRYABLE = 75
+    """A transient failure (peer lost, rendezvous timeout, communication error): restart the gang."""
+    PERMANENT = 78
+    """Bad input that a restart cannot fix: invalid plan, unknown model or factory, missing data path."""
+
+
+# Default exit-code handling when no spec.failurePolicy.exitCodes rule matches (Kubeflow's permanent set
+# plus the runtime's own PERMANENT). Everything else, e.g. 137 (OOM-killed) or 143 (SIGTERM), is retried.
+PERMANENT_EXIT_CODES: frozenset[int] = frozenset({1, 2, 126, 127, 128, 139, ExitCode.PERMANENT})
+
+
+def processes_per_worker(gpus_per_worker: int) -> int:
+    """One process per GPU; a CPU worker runs one process."""
+    return max(1, gpus_per_worker)
+
+
+def worker_index(replica: int, pipeline_rank: int, pipeline_degree: int) -> int:
+    """Workers are numbered replica-major: the pipeline of replica r is workers r*p .. r*p+p-1."""
+    return replica * pipeline_degree + pipeline_rank
+
+
+def global_rank(worker: int, local_rank: int, procs_per_worker: int) -> int:
+    """torchrun's rank: a pod's processes get consecutive ranks (node rank * nproc + local rank)."""
+    return worker * procs_per_worker + local_rank
+
+
+def stages_of_pipeline_rank(pipeline_rank: int, pipeline_degree: int, stages_per_worker: int) -> list[int]:
+    """Model stages a pipeline rank runs: stage i lives on rank i % p (torch's interleaved layout)."""
+    return [pipeline_rank + k * pipeline_degree for k in range(stages_per_worker)]

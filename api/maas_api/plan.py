@@ -1,0 +1,133 @@
+"""The plan: the planner's output, the operator's input for child objects, and the runtime's input.
+
+The operator writes it as JSON into a ConfigMap mounted at `contract.PLAN_PATH`; `maas plan -o json`
+prints the same document. Workers are numbered replica-major (`contract.worker_index`).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from maas_api.base import ApiModel
+from maas_api.spec import (
+    BalanceBy,
+    CheckpointSpec,
+    DataSpec,
+    Mode,
+    ModelSpec,
+    PipelineSchedule,
+    ServingSpec,
+    SplitStrategy,
+    TrainingSpec,
+    UnitProfile,
+)
+
+PLAN_FORMAT_VERSION = 1
+
+
+class ModelProfile(ApiModel):
+    """A model as the planner sees it: units in execution order with their costs."""
+
+    units: list[UnitProfile] = Field(min_length=1)
+    """Units in execution order; task heads (if any) come after the trunk."""
+
+    def unit(self, name: str) -> UnitProfile:
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
+
+class StagePlan(ApiModel):
+    """One pipeline stage: contiguous units and what they cost."""
+
+    index: int = Field(ge=0)
+    """Position in the pipeline."""
+    units: list[str] = Field(min_length=1)
+    """Unit names in execution order."""
+    heads: list[str] = Field(default_factory=list)
+    """The task heads among `units` (Task split)."""
+    params: int = Field(ge=0)
+    """Parameters of the stage."""
+    cost: float = Field(ge=0)
+    """Stage cost in the split's balanceBy measure; the largest is the bottleneck."""
+    flops_per_sample: float = Field(ge=0)
+    """Forward FLOPs per sample."""
+    memory_bytes: int = Field(ge=0)
+    """Estimated peak GPU memory of one worker of this stage (weights, gradients, optimizer, activations)."""
+    output_bytes_per_sample: int = Field(ge=0)
+    """Activation bytes per sample sent to the next stage."""
+
+
+class WorkerPlan(ApiModel):
+    """One worker pod: its pipeline position, replica, node and GPUs."""
+
+    name: str
+    """Pod name (also its hostname under the job's headless Service)."""
+    index: int = Field(ge=0)
+    """Worker index = torchrun node rank = replica * pipelineDegree + pipelineRank."""
+    replica: int = Field(ge=0)
+    """Data-parallel replica."""
+    pipeline_rank: int = Field(ge=0)
+    """Position in the replica's pipeline."""
+    stages: list[int] = Field(min_length=1)
+    """Model stages this worker runs (several with Interleaved1F1B)."""
+    node: str | None = None
+    """Node chosen by the planner (None when placement was not asked for)."""
+    gpus: int = Field(ge=0)
+    """GPUs of this worker (all on `node`)."""
+
+
+class Plan(ApiModel):
+    """Everything a worker needs to build its part of the job, and everything the operator places."""
+
+    format_version: int = PLAN_FORMAT_VERSION
+    """Plan format version; the runtime refuses versions it does not know."""
+    job: str
+    """MaaSJob name."""
+    namespace: str = "default"
+    """MaaSJob namespace."""
+    mode: Mode
+    """Train or Serve."""
+    model: ModelSpec
+    """The model to build (catalog entry or factory, with args)."""
+    profile: ModelProfile
+    """The unit profile the split was computed from."""
+    strategy: SplitStrategy
+    """Split strategy."""
+    balance_by: BalanceBy
+    """What the split balanced."""
+    stages: list[StagePlan] = Field(min_length=1)
+    """Model stages in pipeline order."""
+    pipeline_degree: int = Field(ge=1)
+    """Workers per replica (= len(stages) / stagesPerWorker)."""
+    stages_per_worker: int = Field(default=1, ge=1)
+    """Model stages per worker (Interleaved1F1B)."""
+    replicas: int = Field(ge=1)
+    """Data-parallel replicas of the pipeline."""
+    gpus_per_worker: int = Field(ge=0)
+    """GPUs (= processes, at least one) per worker."""
+    schedule: PipelineSchedule
+    """Pipeline schedule."""
+    microbatches: int = Field(ge=1)
+    """Microbatches per step."""
+    workers: list[WorkerPlan] = Field(min_length=1)
+    """Workers, ordered by index."""
+    bottleneck: float = Field(ge=0)
+    """Cost of the most expensive stage."""
+    estimated_bubble: float = Field(ge=0, le=1)
+    """Pipeline bubble fraction (p-1)/(m+p-1)."""
+    notes: list[str] = Field(default_factory=list)
+    """Why the planner chose what it chose (auto stages, microbatches, placement)."""
+    data: DataSpec = Field(default_factory=DataSpec)
+    """Data source and distribution."""
+    training: TrainingSpec | None = None
+    """Training settings (mode Train)."""
+    checkpoint: CheckpointSpec | None = None
+    """Checkpointing (mode Train)."""
+    serving: ServingSpec | None = None
+    """Serving settings (mode Serve)."""
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers) * max(1, self.gpus_per_worker)

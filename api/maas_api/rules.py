@@ -1,0 +1,214 @@
+"""Cross-field rules of the MaaSJob spec, each written once as CEL (for the API server) and as Python.
+
+The CRD carries the CEL form as `x-kubernetes-validations` on `spec`; the models run the Python form, so
+`maas plan` and the operator reject exactly what the API server rejects, with the same message. Tests hold
+one invalid manifest per rule and check both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maas_api.spec import MaaSJobSpec
+
+# Default per-replica batch size when `training` is unset; kept equal to TrainingSpec.batch_size's default
+# (a unit test checks it) because CEL cannot see Python defaults of an absent object.
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class SpecRule:
+    """A rule over the whole spec: `cel` must hold (self = spec); `holds` is the same rule in Python."""
+
+    name: str
+    field_path: str
+    """Path below `spec` that the error points at, e.g. `parallelism.minReplicas`."""
+    cel: str
+    message: str
+    """Says what is wrong and how to fix it."""
+    holds: Callable[[MaaSJobSpec], bool]
+
+
+def _fixed_stages(spec: MaaSJobSpec) -> int | None:
+    return spec.split.stages if isinstance(spec.split.stages, int) else None
+
+
+def _batch_size(spec: MaaSJobSpec) -> int:
+    return spec.training.batch_size if spec.training else DEFAULT_BATCH_SIZE
+
+
+SPEC_RULES: tuple[SpecRule, ...] = (
+    SpecRule(
+        name="catalog-xor-factory",
+        field_path="model",
+        cel="has(self.model.catalog) != has(self.model.factory)",
+        message="set exactly one of model.catalog or model.factory",
+        holds=lambda s: (s.model.catalog is None) != (s.model.factory is None),
+    ),
+    SpecRule(
+        name="factory-needs-profile",
+        field_path="model.profile",
+        cel="!has(self.model.factory) || has(self.model.profile)",
+        message="a factory model needs model.profile: print it with `maas profile --factory MODULE:FUNCTION`",
+        holds=lambda s: s.model.factory is None or s.model.profile is not None,
+    ),
+    SpecRule(
+        name="stages-positive-or-auto",
+        field_path="split.stages",
+        cel="type(self.split.stages) == int ? self.split.stages >= 1 : self.split.stages == 'auto'",
+        message="split.stages must be a whole number >= 1 or the string auto",
+        # Python's type check already rejects other strings; the integer bound is checked here.
+        holds=lambda s: s.split.stages == "auto" or s.split.stages >= 1,
+    ),
+    SpecRule(
+        name="auto-needs-gpu-budget",
+        field_path="parallelism.gpuBudget",
+        cel="type(self.split.stages) == int || has(self.parallelism.gpuBudget)",
+        message="split.stages auto needs parallelism.gpuBudget: the total GPUs the planner may use",
+        holds=lambda s: _fixed_stages(s) is not None or s.parallelism.gpu_budget is not None,
+    ),
+    SpecRule(
+        name="task-needs-heads",
+        field_path="split.heads",
+        cel="self.split.strategy != 'Task' || has(self.split.heads)",
+        message="split.strategy Task needs split.heads: the names of the task-head units",
+        holds=lambda s: s.split.strategy != "Task" or s.split.heads is not None,
+    ),
+    SpecRule(
+        name="heads-only-for-task",
+        field_path="split.heads",
+        cel="!has(self.split.heads) || self.split.strategy == 'Task'",
+        message="split.heads is only used by split.strategy Task: remove it or set strategy Task",
+        holds=lambda s: s.split.heads is None or s.split.strategy == "Task",
+    ),
+    SpecRule(
+        name="min-le-max-replicas",
+        field_path="parallelism.minReplicas",
+        cel="!has(self.parallelism.minReplicas) || !has(self.parallelism.maxReplicas)"
+        " || self.parallelism.minReplicas <= self.parallelism.maxReplicas",
+        message="parallelism.minReplicas must be <= parallelism.maxReplicas",
+        holds=lambda s: (
+            s.parallelism.min_replicas is None
+            or s.parallelism.max_replicas is None
+            or s.parallelism.min_replicas <= s.parallelism.max_replicas
+        ),
+    ),
+    SpecRule(
+        name="min-le-replicas",
+        field_path="parallelism.replicas",
+        cel="!has(self.parallelism.minReplicas) || !has(self.parallelism.replicas)"
+        " || self.parallelism.minReplicas <= self.parallelism.replicas",
+        message="parallelism.replicas must be >= parallelism.minReplicas",
+        holds=lambda s: (
+            s.parallelism.min_replicas is None
+            or s.parallelism.replicas is None
+            or s.parallelism.min_replicas <= s.parallelism.replicas
+        ),
+    ),
+    SpecRule(
+        name="replicas-le-max",
+        field_path="parallelism.replicas",
+        cel="!has(self.parallelism.maxReplicas) || !has(self.parallelism.replicas)"
+        " || self.parallelism.replicas <= self.parallelism.maxReplicas",
+        message="parallelism.replicas must be <= parallelism.maxReplicas",
+        holds=lambda s: (
+            s.parallelism.max_replicas is None
+            or s.parallelism.replicas is None
+            or s.parallelism.replicas <= s.parallelism.max_replicas
+        ),
+    ),
+    SpecRule(
+        name="interleaved-needs-virtual-stages",
+        field_path="parallelism.stagesPerWorker",
+        cel="(self.parallelism.schedule == 'Interleaved1F1B') == (self.parallelism.stagesPerWorker >= 2)",
+        message="parallelism.stagesPerWorker >= 2 goes with schedule Interleaved1F1B and only with it",
+        holds=lambda s: (
+            (s.parallelism.schedule == "Interleaved1F1B") == (s.parallelism.stages_per_worker >= 2)
+        ),
+    ),
+    SpecRule(
+        name="1f1b-microbatches-ge-stages",
+        field_path="parallelism.microbatches",
+        cel="self.parallelism.schedule == 'GPipe' || !has(self.parallelism.microbatches)"
+        " || type(self.split.stages) != int || self.parallelism.microbatches >= self.split.stages",
+        message="1F1B schedules need parallelism.microbatches >= split.stages: raise microbatches or use GPipe",
+        holds=lambda s: (
+            s.parallelism.schedule == "GPipe"
+            or s.parallelism.microbatches is None
+            or _fixed_stages(s) is None
+            or s.parallelism.microbatches >= (_fixed_stages(s) or 0)
+        ),
+    ),
+    SpecRule(
+        name="batch-divisible-by-microbatches",
+        field_path="parallelism.microbatches",
+        cel="!has(self.parallelism.microbatches) || (has(self.training) ? self.training.batchSize : "
+        f"{DEFAULT_BATCH_SIZE}) % self.parallelism.microbatches == 0",
+        message="training.batchSize must be divisible by parallelism.microbatches",
+        holds=lambda s: (
+            s.parallelism.microbatches is None or _batch_size(s) % s.parallelism.microbatches == 0
+        ),
+    ),
+    SpecRule(
+        name="serve-needs-serving",
+        field_path="serving",
+        cel="self.mode != 'Serve' || has(self.serving)",
+        message="mode Serve needs serving (at least `serving: {}` for the defaults)",
+        holds=lambda s: s.mode != "Serve" or s.serving is not None,
+    ),
+    SpecRule(
+        name="serving-only-for-serve",
+        field_path="serving",
+        cel="self.mode == 'Serve' || !has(self.serving)",
+        message="serving is only used in mode Serve: remove it or set mode Serve",
+        holds=lambda s: s.mode == "Serve" or s.serving is None,
+    ),
+    SpecRule(
+        name="training-only-for-train",
+        field_path="training",
+        cel="self.mode == 'Train' || (!has(self.training) && !has(self.checkpoint))",
+        message="training and checkpoint are only used in mode Train: remove them or set mode Train",
+        holds=lambda s: s.mode == "Train" or (s.training is None and s.checkpoint is None),
+    ),
+    SpecRule(
+        name="data-one-source",
+        field_path="data",
+        cel="!(has(self.data.synthetic) && has(self.data.path))",
+        message="set either data.synthetic or data.path, not both",
+        holds=lambda s: s.data.synthetic is None or s.data.path is None,
+    ),
+    SpecRule(
+        name="data-path-needs-volume",
+        field_path="data.volume",
+        cel="!has(self.data.path) || has(self.data.volume)",
+        message="data.path needs data.volume: the PersistentVolumeClaim that holds the file",
+        holds=lambda s: s.data.path is None or s.data.volume is not None,
+    ),
+    SpecRule(
+        name="backoff-initial-le-max",
+        field_path="failurePolicy.backoff.initialSeconds",
+        cel="self.failurePolicy.backoff.initialSeconds <= self.failurePolicy.backoff.maxSeconds",
+        message="failurePolicy.backoff.initialSeconds must be <= failurePolicy.backoff.maxSeconds",
+        holds=lambda s: s.failure_policy.backoff.initial_seconds <= s.failure_policy.backoff.max_seconds,
+    ),
+)
+
+# Rules on metadata.name (CEL at the schema root, Python in maas_api.job.ObjectMeta). Worker pods are named
+# `<job>-r<replica>-s<stage>` and the job's headless Service is named after it, so the name must be a short
+# DNS-1035 label even though Kubernetes would accept longer names with dots for a custom resource.
+MAX_JOB_NAME_LENGTH = 45
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+JOB_NAME_LENGTH_MESSAGE = (
+    f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters: worker names add a suffix to it"
+)
+JOB_NAME_PATTERN_MESSAGE = (
+    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter):"
+    " it names the job's Service"
+)
+JOB_NAME_CEL_RULES: tuple[tuple[str, str], ...] = (
+    (f"size(self.metadata.name) <= {MAX_JOB_NAME_LENGTH}", JOB_NAME_LENGTH_MESSAGE),
+    (f"self.metadata.name.matches('{JOB_NAME_PATTERN}')", JOB_NAME_PATTERN_MESSAGE),
+)

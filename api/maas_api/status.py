@@ -1,0 +1,156 @@
+"""The MaaSJob status: what the operator observed, in Kubernetes API conventions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from maas_api.base import ApiModel
+
+
+class ConditionType(StrEnum):
+    PLANNED = "Planned"
+    """A plan exists and every worker has a place (False with reason Unschedulable otherwise)."""
+    READY = "Ready"
+    """All workers run (Train) or every replica serves (Serve). GitOps tools read this one."""
+    SUCCEEDED = "Succeeded"
+    """Training finished."""
+    FAILED = "Failed"
+    """The job failed and will not be restarted."""
+    SUSPENDED = "Suspended"
+    """runPolicy.suspend is true; the job has no pods."""
+    RESTARTING = "Restarting"
+    """A worker failed with a retryable code; the gang is being restarted."""
+
+
+class Phase(StrEnum):
+    """A one-word summary of the conditions, for `kubectl get`."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Condition(ApiModel):
+    """A Kubernetes condition (metav1.Condition)."""
+
+    type: str
+    """Condition type (Planned, Ready, Succeeded, Failed, Suspended, Restarting)."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase reason for the last transition."""
+    message: str = ""
+    """Human-readable details."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    observed_generation: int | None = None
+    """The spec generation this condition was computed from."""
+
+
+class StageSummary(ApiModel):
+    """One stage of the plan, as status shows it."""
+
+    index: int
+    """Position in the pipeline."""
+    units: list[str]
+    """Units of the stage."""
+    gpus: int
+    """GPUs used by this stage over all replicas."""
+    memory_bytes: int
+    """Estimated peak memory of one worker of this stage."""
+
+
+class WorkerSummary(ApiModel):
+    """Where one worker runs."""
+
+    name: str
+    """Pod name."""
+    replica: int
+    """Data-parallel replica."""
+    stages: list[int]
+    """Model stages of the worker."""
+    node: str | None = None
+    """Node the worker is placed on."""
+
+
+class PlanSummary(ApiModel):
+    """The current plan in brief (the whole plan is in the ConfigMap `<job>-plan`)."""
+
+    stages: list[StageSummary] = Field(default_factory=list)
+    """Pipeline stages."""
+    workers: list[WorkerSummary] = Field(default_factory=list)
+    """Worker -> node, for up to 64 workers (status must stay small)."""
+    replicas: int = 0
+    """Data-parallel replicas in the plan."""
+    microbatches: int = 0
+    """Microbatches per step."""
+    schedule: str = ""
+    """Pipeline schedule."""
+    bottleneck: float = 0
+    """Cost of the most expensive stage."""
+    estimated_bubble: float = 0
+    """Estimated pipeline bubble fraction."""
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods by state."""
+
+    total: int = 0
+    """Workers in the plan."""
+    ready: int = 0
+    """Workers running and ready."""
+    failed: int = 0
+    """Workers that failed."""
+
+
+class Progress(ApiModel):
+    """Training progress reported by the workers."""
+
+    step: int = 0
+    """Last finished optimizer step."""
+    loss: float | None = None
+    """Loss of that step (mean over replicas)."""
+    samples_per_second: float | None = None
+    """Throughput over the last steps, all replicas."""
+    updated_at: datetime | None = None
+    """When the operator read it."""
+
+
+class MaaSJobStatus(ApiModel):
+    """Observed state of a MaaSJob."""
+
+    observed_generation: int | None = None
+    """The spec generation the status was computed from."""
+    phase: Phase = Phase.PENDING
+    """Summary of the conditions for `kubectl get`."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Planned, Ready, Succeeded, Failed, Suspended, Restarting."""
+    plan: PlanSummary | None = None
+    """The current plan in brief."""
+    stages: int | None = None
+    """Pipeline stages in the plan."""
+    replicas: int | None = None
+    """Data-parallel replicas running now (the scale subresource's status)."""
+    selector: str | None = None
+    """Label selector of the worker pods (for the scale subresource)."""
+    workers: WorkerCounts = Field(default_factory=WorkerCounts)
+    """Worker pods by state."""
+    ready_workers: str | None = None
+    """`ready/total`, for `kubectl get`."""
+    restarts: int = 0
+    """Gang restarts so far."""
+    start_time: datetime | None = None
+    """When the workers were first created."""
+    completion_time: datetime | None = None
+    """When the job succeeded or failed."""
+    endpoint: str | None = None
+    """In-cluster URL of the serving endpoint (mode Serve)."""
+    progress: Progress | None = None
+    """Training progress."""
