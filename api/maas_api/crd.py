@@ -149,7 +149,8 @@ def build_crd() -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "maas.dev/v1alpha1"},
             "kind": {"type": "string", "description": "MaaSJob"},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server forbids anything on metadata but its type (name rules are CEL rules below).
+            "metadata": {"type": "object"},
             "spec": spec_schema(),
             "status": status_schema(),
         },

@@ -1,0 +1,65 @@
+"""Command line for the local cluster: `python -m maas_devcluster up|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from maas_devcluster.control_plane import default_state_dir, down, format_status, status, up
+from maas_devcluster.topology import load_cluster_description
+
+
+def build_parser(program: str = "python -m maas_devcluster") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=program,
+        description="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
+        "with fake GPU nodes simulated by kwok.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"folder for certificates, etcd data, logs and the kubeconfig (default: $MAAS_DEV_CLUSTER_DIR "
+        f"or {default_state_dir()})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="start the cluster, or reuse the one already running")
+    start.add_argument(
+        "--cluster", type=Path, default=None, help="cluster description YAML (default: 4 x 8 H100)"
+    )
+    start.add_argument("--nodes", type=int, default=None, help="override the node count (scale benchmarks)")
+    start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    commands.add_parser("down", help="stop every component and delete the state folder")
+    commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
+    return parser
+
+
+def main(argv: list[str] | None = None, program: str = "python -m maas_devcluster") -> int:
+    arguments = build_parser(program).parse_args(argv)
+    try:
+        if arguments.command == "up":
+            # SIGTERM becomes SystemExit, so a half-started cluster is stopped on the way out, as on Ctrl-C.
+            signal.signal(signal.SIGTERM, lambda _signal, _frame: sys.exit(143))
+            cluster = load_cluster_description(arguments.cluster)
+            if arguments.nodes is not None:
+                cluster = cluster.with_node_count(arguments.nodes)
+            running = up(arguments.state_dir, cluster, timeout_seconds=arguments.timeout)
+            # Last line of stdout, so `eval "$(python -m maas_devcluster up)"` points kubectl at it.
+            print(running.export_line(), flush=True)
+            return 0
+        if arguments.command == "down":
+            stopped = down(arguments.state_dir)
+            print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
+            return 0
+        report = status(arguments.state_dir)
+        print(format_status(report))
+        return 0 if report.healthy else 1
+    except (RuntimeError, TimeoutError, ValueError, FileNotFoundError) as error:
+        print(f"[dev-cluster] error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
