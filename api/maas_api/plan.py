@@ -54,7 +54,8 @@ class StagePlan(ApiModel):
     flops_per_sample: float = Field(ge=0)
     """Forward FLOPs per sample."""
     memory_bytes: int = Field(ge=0)
-    """Estimated peak GPU memory of one worker of this stage (weights, gradients, optimizer, activations)."""
+    """Estimated peak memory on one GPU of a worker of this stage (weights, gradients and optimizer states
+    sharded over the worker's GPUs, plus that GPU's activations)."""
     output_bytes_per_sample: int = Field(ge=0)
     """Activation bytes per sample sent to the next stage."""
 
@@ -96,7 +97,7 @@ class Plan(ApiModel):
     strategy: SplitStrategy
     """Split strategy."""
     balance_by: BalanceBy
-    """What the split balanced."""
+    """What the split balanced (flops when balanceBy time was asked for but a unit has no measured time)."""
     stages: list[StagePlan] = Field(min_length=1)
     """Model stages in pipeline order."""
     pipeline_degree: int = Field(ge=1)
@@ -116,7 +117,7 @@ class Plan(ApiModel):
     bottleneck: float = Field(ge=0)
     """Cost of the most expensive stage."""
     estimated_bubble: float = Field(ge=0, le=1)
-    """Pipeline bubble fraction (p-1)/(m+p-1)."""
+    """Pipeline bubble fraction (p-1)/(v*m+p-1), v = stagesPerWorker (1 unless Interleaved1F1B)."""
     notes: list[str] = Field(default_factory=list)
     """Why the planner chose what it chose (auto stages, microbatches, placement)."""
     data: DataSpec = Field(default_factory=DataSpec)

@@ -6,6 +6,7 @@ Sub-commands import their side lazily, so `maas plan` works without torch and `m
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # sub-command -> (module with `main(argv) -> int`, one-line help)
@@ -33,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maas: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    result: int = module.main(rest)
+    try:
+        result: int = module.main(rest)
+    except BrokenPipeError:
+        # `maas plan -o json | head` closed our stdout early: not an error. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 

@@ -1,0 +1,63 @@
+"""How many microbatches a step is cut into, and the pipeline bubble that leaves."""
+
+from __future__ import annotations
+
+from maas_api.spec import PipelineSchedule
+
+from maas_operator.planner.reasons import PlanError
+
+TARGET_BUBBLE = 0.2
+"""The planner picks the fewest microbatches whose bubble is at most this (fewer = larger, faster kernels)."""
+
+
+def bubble_fraction(pipeline_degree: int, microbatches: int, stages_per_worker: int = 1) -> float:
+    """Idle share of a step: (p-1)/(m+p-1), and (p-1)/(v*m+p-1) with v interleaved stages per worker."""
+    idle = pipeline_degree - 1
+    return idle / (stages_per_worker * microbatches + idle)
+
+
+def divisors(value: int) -> list[int]:
+    small = [d for d in range(1, int(value**0.5) + 1) if value % d == 0]
+    return sorted({*small, *(value // d for d in small)})
+
+
+def choose_microbatches(
+    batch: int,
+    model_stages: int,
+    pipeline_degree: int,
+    schedule: PipelineSchedule,
+    stages_per_worker: int = 1,
+    batch_field: str = "spec.training.batchSize",
+) -> tuple[int, str]:
+    """The smallest m dividing the batch with bubble <= TARGET_BUBBLE (m >= stages for 1F1B schedules),
+    else the candidate with the smallest bubble; returns m and a note that says why."""
+    needs_one_per_stage = schedule != PipelineSchedule.GPIPE
+    candidates = [m for m in divisors(batch) if not needs_one_per_stage or m >= model_stages]
+    if schedule == PipelineSchedule.INTERLEAVED_1F1B:
+        # torch's interleaved schedule runs microbatches in rounds of one per pipeline rank.
+        candidates = [m for m in candidates if m % pipeline_degree == 0] or candidates
+    if not candidates:
+        raise PlanError(
+            f"{batch_field}: {batch} samples cannot feed {model_stages} stages with schedule {schedule.value},"
+            f" which needs at least one microbatch per stage; raise {batch_field} to {model_stages} or more,"
+            " or use schedule GPipe"
+        )
+    if pipeline_degree == 1:
+        return 1 if 1 in candidates else candidates[
+            0
+        ], "microbatches 1: a single-stage pipeline has no bubble"
+    for m in candidates:
+        bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
+        if bubble <= TARGET_BUBBLE:
+            why = (
+                f"the smallest divisor of the batch ({batch}) with bubble {bubble:.0%} <= {TARGET_BUBBLE:.0%}"
+            )
+            if needs_one_per_stage:
+                why += f" and at least one microbatch per stage ({model_stages}) as {schedule.value} needs"
+            return m, f"microbatches {m}: {why}"
+    m = candidates[-1]
+    bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
+    return m, (
+        f"microbatches {m}: no divisor of the batch ({batch}) brings the bubble to {TARGET_BUBBLE:.0%};"
+        f" {m} gives the smallest, {bubble:.0%} (a larger {batch_field} would lower it)"
+    )

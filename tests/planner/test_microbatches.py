@@ -1,0 +1,79 @@
+"""Microbatch choice and bubble arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+from maas_api.spec import PipelineSchedule
+from maas_operator.planner.memory import parse_quantity
+from maas_operator.planner.microbatches import bubble_fraction, choose_microbatches, divisors
+from maas_operator.planner.reasons import PlanError
+
+
+def test_bubble_fraction() -> None:
+    assert bubble_fraction(1, 1) == 0
+    assert bubble_fraction(4, 12) == pytest.approx(3 / 15)
+    assert bubble_fraction(4, 12, stages_per_worker=2) == pytest.approx(3 / 27)
+
+
+def test_divisors() -> None:
+    assert divisors(32) == [1, 2, 4, 8, 16, 32]
+    assert divisors(12) == [1, 2, 3, 4, 6, 12]
+
+
+def test_smallest_divisor_with_bubble_under_twenty_percent() -> None:
+    # p=3: m=8 gives 2/10 = 20%; m=4 gives 2/6 = 33%
+    m, note = choose_microbatches(32, 3, 3, PipelineSchedule.GPIPE)
+    assert m == 8
+    assert "smallest divisor of the batch (32) with bubble 20% <= 20%" in note
+
+
+def test_one_f_one_b_needs_a_microbatch_per_stage() -> None:
+    # p=2: m=4 already gives 1/5 = 20%, and 1F1B also needs m >= 2
+    m, note = choose_microbatches(64, 2, 2, PipelineSchedule.ONE_F_ONE_B)
+    assert m == 4 and "at least one microbatch per stage (2) as 1F1B needs" in note
+
+
+def test_best_available_when_the_target_is_out_of_reach() -> None:
+    m, note = choose_microbatches(6, 4, 4, PipelineSchedule.ONE_F_ONE_B)
+    assert m == 6
+    assert "no divisor of the batch (6) brings the bubble to 20%; 6 gives the smallest, 33%" in note
+
+
+def test_batch_smaller_than_stages_under_one_f_one_b_is_an_error() -> None:
+    with pytest.raises(
+        PlanError, match=r"spec.training.batchSize: 2 samples cannot feed 4 stages .* use schedule GPipe"
+    ):
+        choose_microbatches(2, 4, 4, PipelineSchedule.ONE_F_ONE_B)
+
+
+def test_interleaved_prefers_multiples_of_the_pipeline_degree() -> None:
+    m, _ = choose_microbatches(48, 4, 2, PipelineSchedule.INTERLEAVED_1F1B, stages_per_worker=2)
+    assert m % 2 == 0 and m >= 4
+
+
+def test_single_stage_uses_one_microbatch() -> None:
+    assert choose_microbatches(32, 1, 1, PipelineSchedule.ONE_F_ONE_B) == (
+        1,
+        "microbatches 1: a single-stage pipeline has no bubble",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("80Gi", 80 * 2**30),
+        ("500m", 0.5),
+        ("8", 8.0),
+        (8, 8.0),
+        ("1e3", 1000.0),
+        ("16G", 16e9),
+        ("1.5Ki", 1536.0),
+    ],
+)
+def test_parse_quantity(text: object, value: float) -> None:
+    assert parse_quantity(text, "f") == value
+
+
+def test_parse_quantity_rejects_garbage() -> None:
+    with pytest.raises(PlanError, match=r"spec.resources.gpuMemory: '80 GB' is not a Kubernetes quantity"):
+        parse_quantity("80 GB", "spec.resources.gpuMemory")
