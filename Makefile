@@ -35,3 +35,6 @@ cluster-up: venv control-plane  ## start the local control plane; prints `export
 
 cluster-down: venv
 	@$(PYTHON) -m maas_devcluster down
+
+demo: venv control-plane  ## the README's demo on the local cluster (leaves it running; make cluster-down)
+	@bash hack/demo.sh
