@@ -6,7 +6,9 @@ prints the same document. Workers are numbered replica-major (`contract.worker_i
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, computed_field, model_validator
 
 from maas_api.base import ApiModel
 from maas_api.spec import (
@@ -79,6 +81,21 @@ class WorkerPlan(ApiModel):
     """GPUs of this worker (all on `node`)."""
 
 
+class PlacementEntry(ApiModel):
+    """One row of the placement view: which worker runs which stage of which replica on which node."""
+
+    worker: str
+    """Worker (pod) name."""
+    stage: int
+    """The worker's first model stage (see WorkerPlan.stages for all of them)."""
+    replica: int
+    """Data-parallel replica."""
+    node: str | None
+    """Node, or None when the plan was made without nodes."""
+    gpus: int
+    """GPUs of the worker on that node."""
+
+
 class Plan(ApiModel):
     """Everything a worker needs to build its part of the job, and everything the operator places."""
 
@@ -128,6 +145,24 @@ class Plan(ApiModel):
     """Checkpointing (mode Train)."""
     serving: ServingSpec | None = None
     """Serving settings (mode Serve)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived_placement(cls, data: Any) -> Any:
+        # `placement` is computed from `workers` when the plan is written; reading a written plan back
+        # must not trip over it.
+        if isinstance(data, dict) and "placement" in data:
+            data = {key: value for key, value in data.items() if key != "placement"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def placement(self) -> list[PlacementEntry]:
+        """The placement as a flat table (derived from `workers`): worker, stage, replica, node, GPUs."""
+        return [
+            PlacementEntry(worker=w.name, stage=w.stages[0], replica=w.replica, node=w.node, gpus=w.gpus)
+            for w in self.workers
+        ]
 
     @property
     def world_size(self) -> int:

@@ -32,6 +32,9 @@ def test_examples_plan_on_the_example_nodes(
     assert all(w.node and w.node.startswith("gpu-node-") for w in plan.workers)
     assert {"stages", "workers", "bottleneck"} <= set(document)
     assert {"index", "units", "cost", "memoryBytes"} <= set(document["stages"][0])
+    placement = document["placement"]
+    assert [row["worker"] for row in placement] == [w.name for w in plan.workers]
+    assert {"worker", "stage", "replica", "node", "gpus"} == set(placement[0])
 
 
 def test_large_model_example_is_three_stages_by_two_replicas(capsys: pytest.CaptureFixture[str]) -> None:
