@@ -130,6 +130,31 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         ),
     ),
     SpecRule(
+        name="stages-multiple-of-stages-per-worker",
+        field_path="split.stages",
+        cel="type(self.split.stages) != int || self.split.stages % self.parallelism.stagesPerWorker == 0",
+        message="split.stages must be a multiple of parallelism.stagesPerWorker (each worker runs that many)",
+        holds=lambda s: (
+            _fixed_stages(s) is None or (_fixed_stages(s) or 0) % s.parallelism.stages_per_worker == 0
+        ),
+    ),
+    SpecRule(
+        name="interleaved-microbatches-per-round",
+        field_path="parallelism.microbatches",
+        cel="self.parallelism.schedule != 'Interleaved1F1B' || !has(self.parallelism.microbatches)"
+        " || type(self.split.stages) != int"
+        " || self.parallelism.microbatches % (self.split.stages / self.parallelism.stagesPerWorker) == 0",
+        message="Interleaved1F1B runs microbatches in rounds of one per worker: parallelism.microbatches must be"
+        " a multiple of split.stages / parallelism.stagesPerWorker",
+        holds=lambda s: (
+            s.parallelism.schedule != "Interleaved1F1B"
+            or s.parallelism.microbatches is None
+            or _fixed_stages(s) is None
+            or s.parallelism.microbatches % max(1, (_fixed_stages(s) or 0) // s.parallelism.stages_per_worker)
+            == 0
+        ),
+    ),
+    SpecRule(
         name="1f1b-microbatches-ge-stages",
         field_path="parallelism.microbatches",
         cel="self.parallelism.schedule == 'GPipe' || !has(self.parallelism.microbatches)"

@@ -114,12 +114,7 @@ def build_plan(
         if choice.microbatch_note:
             notes.append(choice.microbatch_note)
     else:
-        model_stages = spec.split.stages
-        if model_stages % stages_per_worker:
-            raise PlanError(
-                f"spec.split.stages: {model_stages} stages cannot be shared evenly by workers of"
-                f" {stages_per_worker} stages (spec.parallelism.stagesPerWorker); use a multiple of it"
-            )
+        model_stages = spec.split.stages  # a multiple of stages_per_worker: a spec rule checks it
         pipeline_degree = model_stages // stages_per_worker
         replicas = spec.parallelism.replicas or 1
         if spec.parallelism.microbatches is not None:

@@ -35,7 +35,13 @@ def choose_microbatches(
     candidates = [m for m in divisors(batch) if not needs_one_per_stage or m >= model_stages]
     if schedule == PipelineSchedule.INTERLEAVED_1F1B:
         # torch's interleaved schedule runs microbatches in rounds of one per pipeline rank.
-        candidates = [m for m in candidates if m % pipeline_degree == 0] or candidates
+        candidates = [m for m in candidates if m % pipeline_degree == 0]
+        if not candidates:
+            raise PlanError(
+                f"{batch_field}: no divisor of {batch} is a multiple of the {pipeline_degree} workers per"
+                f" pipeline that Interleaved1F1B runs microbatches in rounds of; make {batch_field} a multiple"
+                f" of {pipeline_degree * model_stages // pipeline_degree}, or use schedule 1F1B"
+            )
     if not candidates:
         raise PlanError(
             f"{batch_field}: {batch} samples cannot feed {model_stages} stages with schedule {schedule.value},"
