@@ -2,11 +2,14 @@
 
 The operator creates one pod per worker; each pod runs
 
-    torchrun --nnodes=$WORLD_PODS --nproc-per-node=$PROCS --node-rank=$WORKER_INDEX \
-             --rdzv-backend=c10d --rdzv-endpoint=<worker 0's stable DNS name>:29400 -m maas_runtime
+    python -m maas_runtime.agent
 
-(given through `PET_*` environment variables) with the plan mounted at PLAN_PATH. Worker 0 hosts the
-rendezvous store: the endpoint is its own hostname, so torchrun there serves it and every other pod connects.
+which is torchrun's agent with the same flags, the program fixed to `-m maas_runtime`, and one difference:
+the pod exits with its workers' exit code (torchrun exits 1 for any failure, which would make every retryable
+failure permanent). Flags come from `PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_RDZV_BACKEND=c10d`,
+`PET_RDZV_ENDPOINT=<worker 0's stable DNS name>:29400`, `PET_RDZV_ID` and `PET_MAX_RESTARTS=0`; the plan is
+mounted at PLAN_PATH and MAAS_WORKER_INDEX is set. Worker 0 hosts the rendezvous store: the endpoint is its
+own hostname, so the agent there serves it and every other pod connects.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ PLAN_PATH = "/etc/maas/plan.json"
 PLAN_PATH_ENV = "MAAS_PLAN_PATH"
 """Overrides PLAN_PATH (tests, local runs)."""
 WORKER_INDEX_ENV = "MAAS_WORKER_INDEX"
-"""The pod's worker index, equal to torchrun's node rank."""
+"""The pod's worker index (required). c10d rendezvous orders nodes by host name, not --node-rank, so the
+runtime joins the process group as global_rank(MAAS_WORKER_INDEX, local rank) instead of torchrun's RANK."""
 PROGRESS_PORT_ENV = "MAAS_PROGRESS_PORT"
 """Port of the `/progress` and `/metrics` HTTP endpoint on global rank 0 (train) or every first stage (serve)."""
 DEFAULT_PROGRESS_PORT = 9400
@@ -34,7 +38,8 @@ class ExitCode(IntEnum):
     UNCAUGHT_ERROR = 1
     """An exception the runtime did not classify (user code bug): permanent by default, as in Kubeflow."""
     RETRYABLE = 75
-    """A transient failure (peer lost, rendezvous timeout, communication error): restart the gang."""
+    """A transient failure (peer lost, rendezvous timeout, communication error), or training stopped by
+    SIGTERM after saving its checkpoint: restart the gang."""
     PERMANENT = 78
     """Bad input that a restart cannot fix: invalid plan, unknown model or factory, missing data path."""
 

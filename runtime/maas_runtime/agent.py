@@ -1,0 +1,63 @@
+"""`python -m maas_runtime.agent [torchrun flags]`: the pod's torchrun, passing the workers' exit codes on.
+
+torchrun itself exits 1 whenever a worker fails, whatever the worker's code, which would turn every
+retryable failure (75) into a permanent one at the pod level. This runs the same elastic agent with the
+same flags and `PET_*` environment variables (torchrun's own argument parser), always with
+`-m maas_runtime` as the program, and exits with:
+- 0 when every worker succeeded;
+- 78 when any worker exited 78 (a restart cannot help);
+- otherwise the code of the first worker that failed (a signal N becomes 128+N, e.g. 137 for OOM kills);
+- 75 when the rendezvous failed or timed out, 128+N when the agent itself got signal N (SIGTERM: 143).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from maas_api.contract import ExitCode
+
+
+def signal_code(code: int) -> int:
+    """A process killed by signal N reports -N; shells and Kubernetes report 128+N."""
+    return 128 - code if code < 0 else code
+
+
+def pod_exit_code(failures: list[tuple[float, int]]) -> int:
+    """The pod's exit code from its failed workers' (timestamp, exit code) pairs."""
+    if not failures:
+        return int(ExitCode.SUCCESS)
+    codes = [signal_code(code) for _, code in failures]
+    if ExitCode.PERMANENT in codes:
+        return int(ExitCode.PERMANENT)
+    return signal_code(min(failures)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.run import parse_args, run
+
+    flags = sys.argv[1:] if argv is None else argv
+    args = parse_args([*flags, "--module", "maas_runtime"])  # type: ignore[no-untyped-call]
+    try:
+        run(args)  # type: ignore[no-untyped-call]
+    except ChildFailedError as error:
+        failures = [(float(failure.timestamp), failure.exitcode) for failure in error.failures.values()]
+        code = pod_exit_code(failures)
+        print(
+            f"maas_runtime.agent: workers failed {sorted(c for _, c in failures)}: exit {code}",
+            file=sys.stderr,
+        )
+        return code
+    except SignalException as error:
+        print(f"maas_runtime.agent: stopped by {error.sigval.name}", file=sys.stderr)
+        return 128 + int(error.sigval)
+    except RendezvousError as error:
+        print(f"maas_runtime.agent: rendezvous failed ({type(error).__name__}: {error})", file=sys.stderr)
+        return int(ExitCode.RETRYABLE)
+    return int(ExitCode.SUCCESS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Run a plan on this machine: every worker's processes under one torchrun agent (`elastic_launch`).
+
+Used by tests and benchmarks: `run(plan, workdir)` writes the plan file, starts a launcher subprocess
+(`python -m maas_runtime.launch`, standalone c10d rendezvous, CPU/gloo when no GPU is visible) and returns
+each rank's exit code, stdout and stderr. `start()` returns a handle to signal workers while they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maas_api import contract
+from maas_api.catalog import model_profile
+from maas_api.contract import PLAN_PATH_ENV, PROGRESS_PORT_ENV
+from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan
+from maas_api.spec import (
+    BalanceBy,
+    CheckpointSpec,
+    DataSpec,
+    Mode,
+    ModelSpec,
+    PipelineSchedule,
+    ServingSpec,
+    SplitStrategy,
+    TrainingSpec,
+)
+
+from maas_runtime.parallel_dims import LOCAL_LAUNCH_ENV
+
+EXIT_LINE = re.compile(r"^maas_runtime: exit (-?\d+)", re.MULTILINE)
+
+
+@dataclass
+class LaunchResult:
+    exit_codes: dict[int, int | None]
+    """Rank -> exit code (negative: killed by that signal; None: stopped by the agent, code unknown)."""
+    stdout: dict[int, str]
+    stderr: dict[int, str]
+    launcher_output: str
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.exit_codes) and all(code == 0 for code in self.exit_codes.values())
+
+    def events(self, name: str, rank: int | None = None) -> list[dict[str, Any]]:
+        """The JSON log lines with `"event": name` (of one rank, or of all ranks in rank order)."""
+        found = []
+        for r, text in sorted(self.stdout.items()):
+            if rank is not None and r != rank:
+                continue
+            for line in text.splitlines():
+                if line.startswith("{") and f'"event": "{name}"' in line:
+                    found.append(json.loads(line))
+        return found
+
+    def describe(self) -> str:
+        """Everything, for assertion messages."""
+        parts = [f"exit codes: {self.exit_codes}", f"launcher:\n{self.launcher_output[-3000:]}"]
+        for rank in sorted(self.stderr):
+            parts.append(f"--- rank {rank} stderr:\n{self.stderr[rank][-3000:]}")
+        return "\n".join(parts)
+
+
+def _even_split(names: list[str], count: int) -> list[list[str]]:
+    size, extra = divmod(len(names), count)
+    cuts = [0]
+    for i in range(count):
+        cuts.append(cuts[-1] + size + (1 if i < extra else 0))
+    return [names[a:b] for a, b in itertools.pairwise(cuts)]
+
+
+def local_plan(
+    job: str,
+    model: ModelSpec,
+    *,
+    stages: int | list[list[str]] = 1,
+    replicas: int = 1,
+    stages_per_worker: int = 1,
+    schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B,
+    microbatches: int = 1,
+    mode: Mode = Mode.TRAIN,
+    training: TrainingSpec | None = None,
+    checkpoint: CheckpointSpec | None = None,
+    serving: ServingSpec | None = None,
+    data: DataSpec | None = None,
+    heads: list[str] | None = None,
+    strategy: SplitStrategy | None = None,
+    gpus_per_worker: int = 0,
+) -> Plan:
+    """A plan made without the planner: units split evenly by count (or as given), for local runs."""
+    profile = model_profile(model)
+    names = [unit.name for unit in profile.units]
+    split = _even_split(names, stages) if isinstance(stages, int) else stages
+    head_set = set(heads or [])
+    pipeline_degree = len(split) // stages_per_worker
+    stage_plans = [
+        StagePlan(
+            index=i,
+            units=units,
+            heads=[u for u in units if u in head_set],
+            params=sum(profile.unit(u).params for u in units),
+            cost=sum(profile.unit(u).flops_per_sample for u in units),
+            flops_per_sample=sum(profile.unit(u).flops_per_sample for u in units),
+            memory_bytes=0,
+            output_bytes_per_sample=profile.unit(units[-1]).activation_bytes_per_sample,
+        )
+        for i, units in enumerate(split)
+    ]
+    workers = [
+        WorkerPlan(
+            name=f"{job}-r{replica}-s{rank}",
+            index=contract.worker_index(replica, rank, pipeline_degree),
+            replica=replica,
+            pipeline_rank=rank,
+            stages=contract.stages_of_pipeline_rank(rank, pipeline_degree, stages_per_worker),
+            gpus=gpus_per_worker,
+        )
+        for replica in range(replicas)
+        for rank in range(pipeline_degree)
+    ]
+    return Plan(
+        job=job,
+        mode=mode,
+        model=model,
+        profile=ModelProfile(units=profile.units),
+        strategy=strategy or (SplitStrategy.TASK if heads else SplitStrategy.LAYER),
+        balance_by=BalanceBy.FLOPS,
+        stages=stage_plans,
+        pipeline_degree=pipeline_degree,
+        stages_per_worker=stages_per_worker,
+        replicas=replicas,
+        gpus_per_worker=gpus_per_worker,
+        schedule=schedule,
+        microbatches=microbatches,
+        workers=workers,
+        bottleneck=max(stage.cost for stage in stage_plans),
+        estimated_bubble=(pipeline_degree - 1) / (microbatches + pipeline_degree - 1),
+        data=data or DataSpec(),
+        training=training,
+        checkpoint=checkpoint,
+        serving=serving,
+    )
+
+
+def write_plan(plan: Plan, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.model_dump_json(by_alias=True, exclude_none=True, indent=1))
+    return path
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 (after the parenthesised command name) is the parent pid.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+class LocalJob:
+    """A running launcher; `wait()` collects the result."""
+
+    def __init__(self, process: subprocess.Popen[bytes], workdir: Path, world_size: int) -> None:
+        self.process, self.workdir, self.world_size = process, workdir, world_size
+
+    def worker_pids(self) -> list[int]:
+        return child_pids(self.process.pid)
+
+    def signal_workers(self, signum: int = signal.SIGTERM) -> None:
+        """Signal the worker processes (as torchrun does when the pod gets SIGTERM)."""
+        for pid in self.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def wait(self, timeout: float | None = None) -> LaunchResult:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_workers(signal.SIGKILL)
+            self.process.kill()
+            self.process.wait()
+        output = (
+            (self.workdir / "launcher.log").read_text() if (self.workdir / "launcher.log").exists() else ""
+        )
+        return collect(self.workdir, self.world_size, output)
+
+
+def collect(workdir: Path, world_size: int, launcher_output: str) -> LaunchResult:
+    stdout: dict[int, str] = {}
+    stderr: dict[int, str] = {}
+    for rank in range(world_size):
+        logs = sorted((workdir / "logs").glob(f"*/attempt_*/{rank}"))
+        stdout[rank] = (logs[-1] / "stdout.log").read_text() if logs else ""
+        stderr[rank] = (logs[-1] / "stderr.log").read_text() if logs else ""
+    reported = json.loads((workdir / "result.json").read_text()) if (workdir / "result.json").exists() else {}
+    codes: dict[int, int | None] = {}
+    for rank in range(world_size):
+        if str(rank) in reported:
+            codes[rank] = reported[str(rank)]
+        else:
+            lines = EXIT_LINE.findall(stderr[rank])
+            codes[rank] = int(lines[-1]) if lines else None
+    return LaunchResult(codes, stdout, stderr, launcher_output)
+
+
+def start(plan: Plan, workdir: Path, env: dict[str, str] | None = None) -> LocalJob:
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan_file = write_plan(plan, workdir / "plan.json")
+    # Port 0: an ephemeral progress port, so several local jobs never collide on the default one.
+    child_env = {PROGRESS_PORT_ENV: "0", **os.environ, PLAN_PATH_ENV: str(plan_file), LOCAL_LAUNCH_ENV: "1"}
+    child_env |= env or {}
+    command = [
+        sys.executable,
+        "-m",
+        "maas_runtime.launch",
+        "--nproc",
+        str(plan.world_size),
+        "--workdir",
+        str(workdir),
+    ]
+    with (workdir / "launcher.log").open("wb") as log:
+        process = subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    return LocalJob(process, workdir, plan.world_size)
+
+
+def run(plan: Plan, workdir: Path, env: dict[str, str] | None = None, timeout: float = 300) -> LaunchResult:
+    return start(plan, workdir, env).wait(timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The launcher process: one elastic agent running `python -m maas_runtime` nproc times."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    parser = argparse.ArgumentParser(prog="python -m maas_runtime.launch")
+    parser.add_argument("--nproc", type=int, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=args.nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        logs_specs=DefaultLogsSpecs(log_dir=str(args.workdir / "logs"), redirects=Std.ALL),
+    )
+    codes: dict[int, int] = {}
+    started = time.monotonic()
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "maas_runtime")
+        codes = dict.fromkeys(range(args.nproc), 0)
+    except ChildFailedError as error:
+        codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
+    (args.workdir / "result.json").write_text(json.dumps(codes))
+    print(
+        f"launcher: {args.nproc} processes, {time.monotonic() - started:.1f} s, exit codes {codes}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

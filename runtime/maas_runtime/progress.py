@@ -1,0 +1,96 @@
+"""Training progress for the `/progress` (JSON) and `/metrics` (Prometheus text) endpoints on rank 0."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from maas_runtime.http_server import HttpServer, Response
+
+
+def prometheus_text(metrics: list[tuple[str, str, str, float]], labels: dict[str, str]) -> str:
+    """Prometheus exposition text for (name, type, help, value) rows, all with the same labels."""
+    label_text = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    lines = []
+    for name, kind, help_text, value in metrics:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{{{label_text}}} {value!r}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TrainProgress:
+    """Written by the training loop, read by the HTTP thread (under the lock)."""
+
+    job: str
+    namespace: str
+    total_steps: int
+    phase: str = "Starting"
+    step: int = 0
+    loss: float | None = None
+    samples_per_second: float = 0.0
+    samples_seen: int = 0
+    last_checkpoint_step: int | None = None
+    started: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, **changes: object) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self, key, value)
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "job": self.job,
+                "namespace": self.namespace,
+                "phase": self.phase,
+                "step": self.step,
+                "totalSteps": self.total_steps,
+                "loss": self.loss,
+                "samplesPerSecond": self.samples_per_second,
+                "samplesSeen": self.samples_seen,
+                "lastCheckpointStep": self.last_checkpoint_step,
+                "elapsedSeconds": time.time() - self.started,
+            }
+
+    def metrics(self) -> str:
+        s = self.snapshot()
+        rows: list[tuple[str, str, str, float]] = [
+            ("maas_train_step", "gauge", "Optimizer steps completed.", float(s["step"])),  # type: ignore[arg-type]
+            ("maas_train_total_steps", "gauge", "Optimizer steps to run.", float(self.total_steps)),
+            (
+                "maas_train_samples_per_second",
+                "gauge",
+                "Samples per second, all replicas.",
+                self.samples_per_second,
+            ),
+            (
+                "maas_train_samples_total",
+                "counter",
+                "Samples consumed, all replicas.",
+                float(self.samples_seen),
+            ),
+        ]
+        if self.loss is not None:
+            rows.append(("maas_train_loss", "gauge", "Loss of the last step, mean over replicas.", self.loss))
+        if self.last_checkpoint_step is not None:
+            rows.append(
+                (
+                    "maas_train_checkpoint_step",
+                    "gauge",
+                    "Step of the last checkpoint.",
+                    float(self.last_checkpoint_step),
+                )
+            )
+        return prometheus_text(rows, {"job": self.job, "namespace": self.namespace})
+
+
+def serve_progress(progress: TrainProgress, port: int) -> HttpServer:
+    return HttpServer(
+        port,
+        {
+            ("GET", "/progress"): lambda _: Response.json(200, progress.snapshot()),
+            ("GET", "/metrics"): lambda _: Response.text(200, progress.metrics()),
+        },
+    )

@@ -1,0 +1,74 @@
+"""Single-process references: the same model, data and optimizer as a plan, without any parallelism."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from maas_api.plan import Plan
+from maas_api.spec import TrainingSpec
+from maas_runtime import data
+from maas_runtime.losses import loss_function
+from maas_runtime.model import build_meta_model, materialize, parse_dtype, plan_heads, run_model
+from maas_runtime.train import build_optimizer
+from maas_runtime.worker import prepare_model
+from torch import nn
+
+
+@dataclass
+class Reference:
+    units: nn.ModuleDict
+    heads: list[str]
+    losses: list[float]
+
+
+def full_model(plan: Plan) -> tuple[nn.ModuleDict, list[str]]:
+    units = build_meta_model(plan.model).units
+    materialize(units, torch.device("cpu"), parse_dtype(plan.model.dtype, "dtype"))
+    return units, plan_heads(plan)
+
+
+def reference_training(plan: Plan, dp_sizes: list[int] | None = None) -> Reference:
+    """Train the whole model on each step's whole global batch (dp_sizes: data-parallel degree per step)."""
+    training = plan.training or TrainingSpec()
+    setup = prepare_model(plan)
+    units, heads = full_model(plan)
+    target = data.target_spec(training.loss, setup.input_spec, setup.output_shape)
+    samples = data.open_samples(plan, setup.input_spec, target)
+    order = data.SampleOrder(samples.size, plan.data.synthetic.seed if plan.data.synthetic else 0)
+    if dp_sizes is None:
+        dp_sizes = [plan.replicas * max(1, plan.gpus_per_worker)] * training.steps
+    optimizer = build_optimizer(training, units.parameters())
+    loss_fn = loss_function(training.loss)
+    losses, seen = [], 0
+    for dp_size in dp_sizes:
+        per_step = data.samples_per_step(training.batch_size, dp_size, plan.data.distribution)
+        indices = order.indices(seen, per_step)
+        optimizer.zero_grad()
+        inputs = samples.inputs(indices).to(setup.input_spec.dtype)
+        loss = loss_fn(run_model(units, heads, inputs), samples.targets(indices))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        seen += per_step
+    return Reference(units, heads, losses)
+
+
+def load_checkpoint_model(plan: Plan, path: Path) -> nn.ModuleDict:
+    """The whole model with the weights of a DCP checkpoint (no process group needed)."""
+    units, _ = full_model(plan)
+    state = {"model": units.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
+    units.load_state_dict(state["model"])
+    return units
+
+
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)

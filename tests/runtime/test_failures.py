@@ -1,0 +1,121 @@
+"""Exit codes of real worker processes: 78 with a one-line reason naming the field; 75 when a peer is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, UnitProfile, VolumeSource
+from maas_runtime.launch import child_pids, local_plan, write_plan
+
+from tests.runtime.support import TINY_MLP, WORKER_ENV, free_port, wait_until
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
+
+
+def _factory_model(reference: str, **args: object) -> ModelSpec:
+    units = ["enc_0", "enc_1", "scale", "dec_0"]
+    profile = [
+        UnitProfile(name=u, params=1, flops_per_sample=1, activation_bytes_per_sample=1) for u in units
+    ]
+    return ModelSpec(factory=reference, args=args, profile=profile)
+
+
+def _start_worker(plan_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`python -m maas_runtime` as the only process of a job, with torchrun's environment."""
+    torchrun = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0"}
+    full_env = {**os.environ, **WORKER_ENV, **torchrun, "MAAS_PLAN_PATH": str(plan_file), **(env or {})}
+    command = [sys.executable, "-m", "maas_runtime"]
+    return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_bad_inputs_exit_78_with_the_field_named(tmp_path: Path) -> None:
+    training = TrainingSpec(steps=1, batch_size=2)
+    newer = write_plan(local_plan("newer", TINY_MLP, training=training), tmp_path / "newer.json")
+    newer.write_text(json.dumps({**json.loads(newer.read_text()), "formatVersion": 99}))
+    missing_data = DataSpec(path="train.pt", volume=VolumeSource(claim_name="data", mount_path=str(tmp_path)))
+    cases = {
+        "plan.formatVersion: unknown plan format version 99; this runtime reads version 1": newer,
+        "plan.model.factory: cannot import 'nope.missing:make' (ModuleNotFoundError: No module named 'nope')": (
+            local_plan("factory", _factory_model("nope.missing:make"), training=training)
+        ),
+        "plan.model: unit 'scale': ['gain', 'offset'] are not initialised by reset_parameters(); give the unit an"
+        " init_weights() method that sets them": (
+            local_plan("init", _factory_model("tests.runtime.factories:encoder_decoder", uninitialised=True))
+        ),
+        f"plan.data.path: {tmp_path}/train.pt does not exist (claim data at {tmp_path})": (
+            local_plan("data", TINY_MLP, training=training, data=missing_data)
+        ),
+        "plan.workers: the plan needs 2 processes (2 workers x 1), torchrun started 1 (WORLD_SIZE)": (
+            local_plan("world", TINY_MLP, stages=2, microbatches=2, training=training)
+        ),
+    }
+    workers = []
+    for i, plan in enumerate(cases.values()):
+        plan_file = plan if isinstance(plan, Path) else write_plan(plan, tmp_path / f"plan-{i}.json")
+        workers.append(_start_worker(plan_file))
+    for message, worker in zip(cases, workers, strict=True):
+        _, stderr = worker.communicate(timeout=120)
+        assert (worker.returncode, stderr.strip().splitlines()[-1:]) == (
+            78,
+            [f"maas_runtime: exit 78: {message}"],
+        )
+
+
+def test_two_pods_agent_exit_codes_when_a_peer_dies(tmp_path: Path) -> None:
+    """Two `maas_runtime.agent` "pods" rendezvous like in the cluster; killing one's worker makes the
+    other exit 75 (retryable), and each worker takes the stage of its MAAS_WORKER_INDEX, not its rank."""
+    plan = local_plan(
+        "pods", TINY_MLP, stages=2, microbatches=2, training=TrainingSpec(steps=100_000, batch_size=4)
+    )
+    plan_file = write_plan(plan, tmp_path / "plan.json")
+    port = free_port()
+    pods: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    for worker in (1, 0):
+        env = {
+            **os.environ,
+            **WORKER_ENV,
+            "MAAS_PLAN_PATH": str(plan_file),
+            "MAAS_WORKER_INDEX": str(worker),
+            "MAAS_PROGRESS_PORT": "0",
+            "PET_NNODES": "2",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_RDZV_BACKEND": "c10d",
+            "PET_RDZV_ENDPOINT": f"127.0.0.1:{port}",
+            "PET_RDZV_ID": "pods",
+            "PET_MAX_RESTARTS": "0",
+        }
+        # Both "pods" resolve to this host: say which one hosts the rendezvous store.
+        conf = f"is_host={'true' if worker == 1 else 'false'}"
+        logs.append(tmp_path / f"pod-{worker}.log")
+        with logs[-1].open("wb") as log:
+            command = [sys.executable, "-m", "maas_runtime.agent", "--rdzv-conf", conf]
+            pods.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        wait_until(lambda: any('"event": "step"' in log.read_text() for log in logs), 120, "training steps")
+        started = [
+            json.loads(line)
+            for log in logs
+            for line in log.read_text().splitlines()
+            if line.startswith('{"event": "started"')
+        ]
+        # Each pod runs its worker's stage with the contract's rank, whatever order torchrun's rendezvous chose.
+        assert sorted((s["worker"], s["rank"], s["stages"]) for s in started) == [(0, 0, [0]), (1, 1, [1])]
+        assert started[0]["worker"] == 1
+        victim = child_pids(pods[1].pid)
+        assert len(victim) == 1
+        os.kill(victim[0], signal.SIGKILL)
+        codes = [pod.wait(120) for pod in pods]
+    finally:
+        for pod in pods:
+            if pod.poll() is None:
+                for child in child_pids(pod.pid):
+                    os.kill(child, signal.SIGKILL)
+                pod.kill()
+    assert codes == [75, 137], "\n".join(log.read_text()[-2000:] for log in logs)
