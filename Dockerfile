@@ -20,5 +20,6 @@ FROM python:3.11-slim AS runtime
 COPY --from=source /src /src
 RUN pip install --no-cache-dir "/src[runtime]" && rm -rf /src
 USER 65532:65532
-# The operator sets the torchrun flags through PET_* variables (see maas_api.contract).
-ENTRYPOINT ["torchrun", "-m", "maas_runtime"]
+# torchrun's agent that exits with the workers' code; the operator sets its flags through PET_* variables
+# and MAAS_WORKER_INDEX (see maas_api.contract).
+ENTRYPOINT ["python", "-m", "maas_runtime.agent"]
