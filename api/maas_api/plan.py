@@ -27,6 +27,12 @@ from maas_api.spec import (
 PLAN_FORMAT_VERSION = 1
 
 
+def bubble_fraction(pipeline_degree: int, microbatches: int, stages_per_worker: int = 1) -> float:
+    """Idle share of a pipeline step: (p-1)/(m+p-1), and (p-1)/(v*m+p-1) with v interleaved stages per worker."""
+    idle = pipeline_degree - 1
+    return idle / (stages_per_worker * microbatches + idle)
+
+
 class ModelProfile(ApiModel):
     """A model as the planner sees it: units in execution order with their costs."""
 

@@ -25,7 +25,7 @@ from typing import Any
 from maas_api import contract
 from maas_api.catalog import model_profile
 from maas_api.contract import PLAN_PATH_ENV, PROGRESS_PORT_ENV
-from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan
+from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan, bubble_fraction
 from maas_api.spec import (
     BalanceBy,
     CheckpointSpec,
@@ -147,7 +147,7 @@ def local_plan(
         microbatches=microbatches,
         workers=workers,
         bottleneck=max(stage.cost for stage in stage_plans),
-        estimated_bubble=(pipeline_degree - 1) / (microbatches + pipeline_degree - 1),
+        estimated_bubble=bubble_fraction(pipeline_degree, microbatches, stages_per_worker),
         data=data or DataSpec(),
         training=training,
         checkpoint=checkpoint,

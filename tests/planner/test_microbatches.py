@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from maas_api.plan import bubble_fraction
 from maas_api.spec import PipelineSchedule
 from maas_operator.planner.memory import parse_quantity
-from maas_operator.planner.microbatches import bubble_fraction, choose_microbatches, divisors
+from maas_operator.planner.microbatches import choose_microbatches, divisors
 from maas_operator.planner.reasons import PlanError
 
 

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from maas_api.catalog import DTYPE_BYTES
-from maas_api.plan import ModelProfile
+from maas_api.plan import ModelProfile, bubble_fraction
 from maas_api.spec import MaaSJobSpec, Mode
 
 from maas_operator.planner.memory import batch_size
-from maas_operator.planner.microbatches import bubble_fraction, choose_microbatches
+from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.reasons import PlanError, format_count, list_some, plural
 from maas_operator.planner.split import SplitResult
 

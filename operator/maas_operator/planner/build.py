@@ -9,13 +9,13 @@ from typing import Any
 from maas_api.catalog import DTYPE_BYTES, CatalogArgsError, model_profile
 from maas_api.contract import stages_of_pipeline_rank, worker_index
 from maas_api.job import MaaSJob
-from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan
+from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan, bubble_fraction
 from maas_api.spec import MaaSJobSpec, Mode, SplitStrategy, TrainingSpec
 
 from maas_operator.planner.auto import DEFAULT_GPUS_PER_NODE, choose_auto
 from maas_operator.planner.cluster import Node, parse_node, used_gpus_from_annotations
 from maas_operator.planner.memory import batch_size, build_memory_model, parse_quantity
-from maas_operator.planner.microbatches import bubble_fraction, choose_microbatches
+from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
 from maas_operator.planner.reasons import PlanError, format_bytes
 from maas_operator.planner.split import SplitRequest, SplitResult, group_items, split_model

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+from maas_api.plan import bubble_fraction
 from maas_api.spec import PipelineSchedule
 
 from maas_operator.planner.reasons import PlanError
 
 TARGET_BUBBLE = 0.2
 """The planner picks the fewest microbatches whose bubble is at most this (fewer = larger, faster kernels)."""
-
-
-def bubble_fraction(pipeline_degree: int, microbatches: int, stages_per_worker: int = 1) -> float:
-    """Idle share of a step: (p-1)/(m+p-1), and (p-1)/(v*m+p-1) with v interleaved stages per worker."""
-    idle = pipeline_degree - 1
-    return idle / (stages_per_worker * microbatches + idle)
 
 
 def divisors(value: int) -> list[int]:
