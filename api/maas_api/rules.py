@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic.alias_generators import to_snake
+
 if TYPE_CHECKING:
     from maas_api.spec import MaaSJobSpec
 
@@ -38,6 +40,25 @@ def _fixed_stages(spec: MaaSJobSpec) -> int | None:
 
 def _batch_size(spec: MaaSJobSpec) -> int:
     return spec.training.batch_size if spec.training else DEFAULT_BATCH_SIZE
+
+
+def _replica_bound(name: str, low: str, high: str, field: str) -> SpecRule:
+    """`parallelism.<low> <= parallelism.<high>` when both are set (low and high in camelCase)."""
+
+    def holds(spec: MaaSJobSpec) -> bool:
+        low_value = getattr(spec.parallelism, to_snake(low))
+        high_value = getattr(spec.parallelism, to_snake(high))
+        return low_value is None or high_value is None or bool(low_value <= high_value)
+
+    return SpecRule(
+        name=name,
+        field_path=f"parallelism.{field}",
+        cel=f"!has(self.parallelism.{low}) || !has(self.parallelism.{high})"
+        f" || self.parallelism.{low} <= self.parallelism.{high}",
+        message=f"parallelism.{field} must be {'<=' if field == low else '>='} parallelism."
+        f"{high if field == low else low}",
+        holds=holds,
+    )
 
 
 SPEC_RULES: tuple[SpecRule, ...] = (
@@ -84,42 +105,9 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         message="split.heads is only used by split.strategy Task: remove it or set strategy Task",
         holds=lambda s: s.split.heads is None or s.split.strategy == "Task",
     ),
-    SpecRule(
-        name="min-le-max-replicas",
-        field_path="parallelism.minReplicas",
-        cel="!has(self.parallelism.minReplicas) || !has(self.parallelism.maxReplicas)"
-        " || self.parallelism.minReplicas <= self.parallelism.maxReplicas",
-        message="parallelism.minReplicas must be <= parallelism.maxReplicas",
-        holds=lambda s: (
-            s.parallelism.min_replicas is None
-            or s.parallelism.max_replicas is None
-            or s.parallelism.min_replicas <= s.parallelism.max_replicas
-        ),
-    ),
-    SpecRule(
-        name="min-le-replicas",
-        field_path="parallelism.replicas",
-        cel="!has(self.parallelism.minReplicas) || !has(self.parallelism.replicas)"
-        " || self.parallelism.minReplicas <= self.parallelism.replicas",
-        message="parallelism.replicas must be >= parallelism.minReplicas",
-        holds=lambda s: (
-            s.parallelism.min_replicas is None
-            or s.parallelism.replicas is None
-            or s.parallelism.min_replicas <= s.parallelism.replicas
-        ),
-    ),
-    SpecRule(
-        name="replicas-le-max",
-        field_path="parallelism.replicas",
-        cel="!has(self.parallelism.maxReplicas) || !has(self.parallelism.replicas)"
-        " || self.parallelism.replicas <= self.parallelism.maxReplicas",
-        message="parallelism.replicas must be <= parallelism.maxReplicas",
-        holds=lambda s: (
-            s.parallelism.max_replicas is None
-            or s.parallelism.replicas is None
-            or s.parallelism.replicas <= s.parallelism.max_replicas
-        ),
-    ),
+    _replica_bound("min-le-max-replicas", "minReplicas", "maxReplicas", field="minReplicas"),
+    _replica_bound("min-le-replicas", "minReplicas", "replicas", field="replicas"),
+    _replica_bound("replicas-le-max", "replicas", "maxReplicas", field="replicas"),
     SpecRule(
         name="interleaved-needs-virtual-stages",
         field_path="parallelism.stagesPerWorker",
