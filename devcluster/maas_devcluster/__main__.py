@@ -4,4 +4,4 @@ import sys
 
 from maas_devcluster.cli import main
 
-sys.exit(main())
+sys.exit(main(program="python -m maas_devcluster"))

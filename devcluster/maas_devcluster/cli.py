@@ -11,7 +11,7 @@ from maas_devcluster.control_plane import default_state_dir, down, format_status
 from maas_devcluster.topology import load_cluster_description
 
 
-def build_parser(program: str = "python -m maas_devcluster") -> argparse.ArgumentParser:
+def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=program,
         description="A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) "
@@ -36,7 +36,7 @@ def build_parser(program: str = "python -m maas_devcluster") -> argparse.Argumen
     return parser
 
 
-def main(argv: list[str] | None = None, program: str = "python -m maas_devcluster") -> int:
+def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> int:
     arguments = build_parser(program).parse_args(argv)
     try:
         if arguments.command == "up":
