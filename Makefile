@@ -1,6 +1,9 @@
 # Developer entry points. `make test` is the README's (and CI's) test command.
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
+# The cached venv may be shared by several checkouts (its editable install points at whichever ran last):
+# this checkout's own packages come first on the path, so every target runs the code it sits next to.
+export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/devcluster
 
 .PHONY: venv test unit lint format typecheck crds control-plane cluster-up cluster-down demo
 
