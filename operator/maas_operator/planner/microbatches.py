@@ -44,9 +44,8 @@ def choose_microbatches(
             " or use schedule GPipe"
         )
     if pipeline_degree == 1:
-        return 1 if 1 in candidates else candidates[
-            0
-        ], "microbatches 1: a single-stage pipeline has no bubble"
+        fewest = candidates[0]  # candidates are ascending; with no bubble to hide, fewer is faster
+        return fewest, f"microbatches {fewest}: a single-stage pipeline has no bubble"
     for m in candidates:
         bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
         if bubble <= TARGET_BUBBLE:
