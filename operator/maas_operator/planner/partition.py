@@ -27,9 +27,30 @@ from __future__ import annotations
 import copy
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
+
+
+def _smallest_feasible_limit(
+    probe_at: Callable[[float], _ProbeResult],
+    best: _ProbeResult,
+    lower: float,
+    achieved: Callable[[_ProbeResult], float],
+    next_limit: Callable[[_ProbeResult], float],
+) -> _ProbeResult:
+    """Bisect one limit (cost or memory) down to the optimum, from a feasible probe `best` and a `lower`
+    bound. A feasible probe lowers the upper end to what it achieved; a failed one raises the lower end to
+    the smallest limit at which its run would change, so the search ends exactly on an achieved value."""
+    upper = achieved(best)
+    while lower < upper:
+        middle = lower + (upper - lower) / 2
+        result = probe_at(middle)
+        if result.feasible:
+            best, upper = result, achieved(result)
+        else:
+            lower = max(next_limit(result), middle) if next_limit(result) < math.inf else upper
+    return probe_at(upper) if achieved(best) != upper else best
 
 
 @dataclass(frozen=True)
@@ -167,31 +188,24 @@ class Partitioner:
         if not best.feasible:
             return None
         n, p = self.items, self.stages
-        total = self.cost_prefix[n]
         largest_item = max(self.cost(i, i + 1) for i in range(n))
-        lower, upper = max(largest_item, total / p), best.max_cost
-        while lower < upper:
-            middle = lower + (upper - lower) / 2
-            result = self.probe(middle, memory_limit)
-            if result.feasible:
-                best, upper = result, result.max_cost
-            else:
-                lower = max(result.next_cost, middle) if result.next_cost < math.inf else upper
-        return self.probe(upper, memory_limit) if best.max_cost != upper else best
+        return _smallest_feasible_limit(
+            lambda limit: self.probe(limit, memory_limit),
+            best,
+            lower=max(largest_item, self.cost_prefix[n] / p),
+            achieved=lambda result: result.max_cost,
+            next_limit=lambda result: result.next_cost,
+        )
 
     def _min_memory(self, cost_limit: float, upper: float) -> _ProbeResult:
         """The smallest feasible memory limit under `cost_limit` (exact), starting from a feasible `upper`."""
-        best = self.probe(cost_limit, upper)
-        lower = 0.0
-        upper = best.max_memory
-        while lower < upper:
-            middle = lower + (upper - lower) / 2
-            result = self.probe(cost_limit, middle)
-            if result.feasible:
-                best, upper = result, result.max_memory
-            else:
-                lower = max(result.next_memory, middle) if result.next_memory < math.inf else upper
-        return self.probe(cost_limit, upper) if best.max_memory != upper else best
+        return _smallest_feasible_limit(
+            lambda limit: self.probe(cost_limit, limit),
+            self.probe(cost_limit, upper),
+            lower=0.0,
+            achieved=lambda result: result.max_memory,
+            next_limit=lambda result: result.next_memory,
+        )
 
     def solve(self, cost_limit: float | None = None) -> Partition | None:
         """The optimal partition, or None when no partition fits the memory limit (or stages > items).
