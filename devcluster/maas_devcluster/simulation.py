@@ -12,7 +12,8 @@ Fates of a pod bound to a fake node:
   the pod's `status.startTime`, not when the annotation appears, so the same annotations always give the same
   deadline: a pod annotated after it has run S seconds ends as soon as kwok sees the annotation. startTime has
   whole seconds, so for S > 0 the deadline is rounded up: the pod runs at least S and less than S + 1 seconds.
-- Values that are not whole numbers (N up to 3 digits) match no Stage: the pod just keeps running.
+- The Stages take only whole numbers (an exit code of at most 3 digits): any other value matches no Stage
+  and the pod keeps running. `exit_annotations` refuses such values before they reach the cluster.
 - A pod being deleted is removed at once (grace period 0); finalizers are left to their owners.
 
 Fates of a fake node:
