@@ -145,7 +145,14 @@ class MaaSJobStatus(ApiModel):
     ready_workers: str | None = None
     """`ready/total`, for `kubectl get`."""
     restarts: int = 0
-    """Gang restarts so far."""
+    """Gang restarts after the job's own failures so far (counted against failurePolicy.maxRestarts)."""
+    disruptions: int = 0
+    """Gang restarts after disruptions that were not the job's fault (node lost, eviction, preemption)."""
+    attempts: dict[str, int] = Field(default_factory=dict)
+    """Attempt of each gang: `all` for a Train job (one world), `r<N>` for each Serve replica. Worker pods
+    carry it as the label maas.dev/attempt."""
+    restart_at: datetime | None = None
+    """When restarted workers are created (the failure policy's backoff after the last failure)."""
     start_time: datetime | None = None
     """When the workers were first created."""
     completion_time: datetime | None = None

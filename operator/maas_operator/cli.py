@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("maas_operator.planner.cli", "preview the split and placement of a MaaSJob without a cluster"),
     "profile": ("maas_runtime.profile", "print the unit profile of a model (needs torch)"),
+    "operator": ("maas_operator.main", "run the MaaSJob operator (kopf) against the current kubeconfig"),
     "crds": ("maas_api.crd", "print or write the CRD generated from the API models"),
     "dev-cluster": ("maas_devcluster.cli", "start, stop or inspect the local control plane"),
 }

@@ -1,0 +1,196 @@
+"""The operator's picture of the cluster, kept current by watch events (never a List per reconcile).
+
+Holds every MaaSJob, the worker pods and plan ConfigMaps of each job, the GPUs every pod holds, and the nodes.
+`observe(key)` turns it into the `reconcile.Observed` of one job. The adapter also writes its own successful
+writes through (`put_pod`), so the next decision sees them before their watch events arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from maas_api.job import ManifestError, parse_maasjob
+from maas_api.plan import Plan
+from maas_api.status import MaaSJobStatus
+from pydantic import ValidationError
+
+from maas_operator import names
+from maas_operator.children import JobRef
+from maas_operator.planner import Node
+from maas_operator.reconcile import Observed
+from maas_operator.world import GpuHolder, gpu_holder, planner_node, used_gpus, worker_pod
+
+log = logging.getLogger(__name__)
+
+Body = Mapping[str, Any]
+
+
+def object_key(body: Body) -> str:
+    metadata = body.get("metadata") or {}
+    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name', '')}"
+
+
+def job_key_of(body: Body) -> str | None:
+    """`namespace/job` of a child (by its job label), or None for objects that are not ours."""
+    metadata = body.get("metadata") or {}
+    job = (metadata.get("labels") or {}).get(names.JOB_LABEL)
+    return f"{metadata.get('namespace') or 'default'}/{job}" if job else None
+
+
+def _node_summary(node: Node) -> tuple[object, ...]:
+    """What placement reads of a node: heartbeats that change none of it wake no job."""
+    return (node.gpus, node.ready, node.unschedulable, tuple(sorted(node.labels.items())), node.taints)
+
+
+class WorldCache:
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, dict[str, Any]]] = {}
+        """job key -> pod name -> pod."""
+        self.holders: dict[str, GpuHolder] = {}
+        """pod key -> GPUs it holds (every pod in the cluster that holds any)."""
+        self.nodes: dict[str, Node] = {}
+        self.plan_configmaps: dict[str, dict[str, Any]] = {}
+        """job key -> its plan ConfigMap."""
+        self.replica_configmaps: dict[str, set[str]] = {}
+        """job key -> names of its per-replica plan ConfigMaps."""
+        self._plans: dict[tuple[str, str], Plan | None] = {}
+        """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
+
+    # -- watch events -------------------------------------------------------------------------------------
+
+    def put_job(self, event_type: str | None, body: Body) -> str:
+        key = object_key(body)
+        if event_type == "DELETED":
+            self.jobs.pop(key, None)
+        else:
+            self.jobs[key] = dict(body)
+        return key
+
+    def put_pod(self, event_type: str | None, body: Body) -> str | None:
+        """Records a pod; returns the key of the job it belongs to, if any."""
+        key = object_key(body)
+        job_key = job_key_of(body)
+        deleted = event_type == "DELETED"
+        holder = None if deleted else gpu_holder(body)
+        if holder is None:
+            self.holders.pop(key, None)
+        else:
+            self.holders[key] = holder
+        if job_key is not None:
+            name = key.split("/", 1)[1]
+            pods = self.pods.setdefault(job_key, {})
+            if deleted:
+                pods.pop(name, None)
+            else:
+                pods[name] = dict(body)
+        return job_key
+
+    def put_node(self, event_type: str | None, body: Body) -> bool:
+        """Records a node; True when something placement reads changed (heartbeats change nothing)."""
+        name = str((body.get("metadata") or {}).get("name", ""))
+        before = self.nodes.get(name)
+        if event_type == "DELETED":
+            self.nodes.pop(name, None)
+            return before is not None
+        node = planner_node(body)
+        if node is None:
+            log.warning("node %s: not readable by the planner, ignored", name)
+            self.nodes.pop(name, None)
+            return before is not None
+        self.nodes[name] = node
+        return before is None or _node_summary(before) != _node_summary(node)
+
+    def put_configmap(self, event_type: str | None, body: Body) -> str | None:
+        job_key = job_key_of(body)
+        if job_key is None:
+            return None
+        name = str((body.get("metadata") or {}).get("name", ""))
+        job = job_key.split("/", 1)[1]
+        deleted = event_type == "DELETED"
+        if name == names.plan_configmap_name(job):
+            if deleted:
+                self.plan_configmaps.pop(job_key, None)
+            else:
+                self.plan_configmaps[job_key] = dict(body)
+        else:
+            replicas = self.replica_configmaps.setdefault(job_key, set())
+            if deleted:
+                replicas.discard(name)
+            else:
+                replicas.add(name)
+        return job_key
+
+    def forget_job(self, key: str) -> None:
+        """The job is gone: its children go with it (owner references), so drop what we know of them."""
+        self.jobs.pop(key, None)
+        self.plan_configmaps.pop(key, None)
+        self.replica_configmaps.pop(key, None)
+        self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
+
+    def active_job_keys(self) -> list[str]:
+        return sorted(self.jobs)
+
+    # -- the picture of one job ---------------------------------------------------------------------------
+
+    def _plan(self, key: str) -> tuple[Plan | None, str | None]:
+        configmap = self.plan_configmaps.get(key)
+        if configmap is None:
+            return None, None
+        metadata = configmap.get("metadata") or {}
+        inputs = (metadata.get("annotations") or {}).get(names.PLAN_INPUTS_ANNOTATION)
+        version = str(metadata.get("resourceVersion", ""))
+        if (key, version) not in self._plans:
+            text = (configmap.get("data") or {}).get(names.PLAN_KEY, "")
+            try:
+                self._plans[(key, version)] = Plan.model_validate_json(text)
+            except ValidationError:
+                # Someone edited it into something we cannot read: re-plan rather than crash.
+                log.warning("%s: the plan ConfigMap does not parse; the job will be re-planned", key)
+                self._plans[(key, version)] = None
+        return self._plans[(key, version)], inputs
+
+    def observe(self, key: str, now: datetime) -> Observed | None:
+        body = self.jobs.get(key)
+        if body is None:
+            return None
+        metadata = body.get("metadata") or {}
+        namespace, name = key.split("/", 1)
+        job = JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
+        spec = None
+        spec_error = ""
+        try:
+            parsed = parse_maasjob(
+                {
+                    "apiVersion": body.get("apiVersion", "maas.dev/v1alpha1"),
+                    "kind": body.get("kind", "MaaSJob"),
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": body.get("spec") or {},
+                }
+            )
+            spec = parsed.spec
+        except ManifestError as error:
+            spec_error = "; ".join(error.problems)
+        try:
+            status = MaaSJobStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            log.warning("%s: the stored status does not parse; starting from an empty one", key)
+            status = MaaSJobStatus()
+        plan, inputs = self._plan(key)
+        return Observed(
+            job=job,
+            generation=int(metadata.get("generation") or 1),
+            spec=spec,
+            spec_error=spec_error,
+            status=status,
+            plan=plan,
+            plan_inputs=inputs,
+            pods=tuple(worker_pod(pod) for pod in self.pods.get(key, {}).values()),
+            nodes=tuple(self.nodes.values()),
+            used_gpus=used_gpus(self.holders.values(), except_job=key),
+            now=now,
+            replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
+        )

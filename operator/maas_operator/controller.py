@@ -1,0 +1,204 @@
+"""The reconcile loop: takes job keys from the work queue, asks `reconcile` for a decision, carries it out.
+
+The only stateful part of the operator besides the caches. One asyncio lock serialises the decisions that
+place pods (new plans and new pods), so two jobs never count the same free GPUs: the second decides after the
+first's pods are in the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+from maas_api.job import GROUP, KIND, PLURAL, VERSION
+
+from maas_operator import metrics, names
+from maas_operator.cache import WorldCache
+from maas_operator.kube import Kube
+from maas_operator.reconcile import Decision, Observed, reconcile
+from maas_operator.settings import OperatorSettings
+from maas_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BACKOFF_SECONDS = 60.0
+
+
+class Controller:
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.cache = WorldCache()
+        self.queue = WorkQueue()
+        self.placement_lock = asyncio.Lock()
+        self._errors: Counter[str] = Counter()
+        self._phases: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def prime(self) -> None:
+        """Fills the caches with one List of each collection before the first decision (the watches only
+        start delivering once kopf is up, and a decision on a half-filled cache would redo work)."""
+        for node in await self.kube.list_cluster("/api/v1/nodes"):
+            self.cache.put_node(None, node)
+        for pod in await self.kube.list_cluster("/api/v1/pods"):
+            self.cache.put_pod(None, pod)
+        for configmap in await self.kube.list_cluster("/api/v1/configmaps", names.JOB_LABEL):
+            self.cache.put_configmap(None, configmap)
+        for job in await self.kube.list_cluster(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
+            self.queue.add(self.cache.put_job(None, job))
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self.settings.workers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def healthy(self) -> dict[str, Any]:
+        """For kopf's liveness probe: the workers are alive and the queue is not stuck."""
+        alive = sum(1 for task in self._tasks if not task.done())
+        if self._tasks and alive == 0:
+            raise RuntimeError("every reconcile worker has stopped")
+        return {"workers": alive, "queued": len(self.queue), "jobs": len(self.cache.jobs)}
+
+    # -- events from kopf ---------------------------------------------------------------------------------
+
+    def on_job(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = self.cache.put_job(event_type, body)
+        if event_type == "DELETED":
+            self.cache.forget_job(key)
+            self.queue.forget(key)
+            self._phases.pop(key, None)
+            self._count_phases()
+        else:
+            self.queue.add(key)
+
+    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        job_key = self.cache.put_pod(event_type, body)
+        if job_key is not None and job_key in self.cache.jobs:
+            self.queue.add(job_key)
+
+    def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if self.cache.put_node(event_type, body):
+            # Capacity or health changed: any job may now fit, or have lost a worker.
+            for key in self.cache.active_job_keys():
+                self.queue.add(key)
+
+    def on_configmap(self, event_type: str | None, body: dict[str, Any]) -> None:
+        job_key = self.cache.put_configmap(event_type, body)
+        if job_key is not None and event_type == "DELETED" and job_key in self.cache.jobs:
+            self.queue.add(job_key)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._errors[key] += 1
+                delay = min(MAX_ERROR_BACKOFF_SECONDS, 0.5 * 2 ** min(self._errors[key], 10))
+                log.exception("%s: reconcile failed (retry in %.1f s)", key, delay)
+                metrics.RECONCILE_ERRORS.inc()
+                self.queue.add(key, after=delay)
+            else:
+                self._errors.pop(key, None)
+            finally:
+                self.queue.done(key)
+                metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def _decide(self, observed: Observed) -> Decision:
+        started = time.perf_counter()
+        decision = reconcile(observed, self.settings)
+        if decision.planned:
+            metrics.PLANNING_SECONDS.observe(time.perf_counter() - started)
+        return decision
+
+    async def reconcile(self, key: str) -> None:
+        with metrics.RECONCILE_SECONDS.time():
+            observed = self.cache.observe(key, datetime.now(UTC))
+            if observed is None:
+                return
+            decision = self._decide(observed)
+            if decision.planned or decision.creates_pods(observed.pods):
+                async with self.placement_lock:
+                    # Decide again under the lock: another job may have placed pods meanwhile.
+                    observed = self.cache.observe(key, datetime.now(UTC))
+                    if observed is None:
+                        return
+                    decision = self._decide(observed)
+                    await self._carry_out(key, observed, decision)
+            else:
+                await self._carry_out(key, observed, decision)
+
+    async def _carry_out(self, key: str, observed: Observed, decision: Decision) -> None:
+        job = observed.job
+        status = decision.status
+        # Status first: a restart's new attempt is on record before the old gang is deleted, so a crash in
+        # between can neither lose nor double-count it.
+        wire = status.to_wire()
+        if wire != observed.status.to_wire():
+            try:
+                self.cache.put_job("MODIFIED", await self.kube.apply_status(job, wire))
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                raise
+        restarts = status.restarts - observed.status.restarts
+        disruptions = status.disruptions - observed.status.disruptions
+        if restarts > 0:
+            metrics.RESTARTS.labels(cause="failure").inc(restarts)
+        if disruptions > 0:
+            metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
+        for manifest in decision.apply:
+            result = await self.kube.apply(manifest)
+            if manifest["kind"] == "Pod":
+                self.cache.put_pod("MODIFIED", result)
+            elif manifest["kind"] == "ConfigMap":
+                self.cache.put_configmap("MODIFIED", result)
+        for deletion in decision.delete_pods:
+            answer = await self.kube.delete(
+                "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
+            )
+            if (
+                answer is not None
+                and answer.get("kind") == "Pod"
+                and (answer.get("metadata") or {}).get("deletionTimestamp")
+            ):
+                self.cache.put_pod("MODIFIED", answer)
+            else:
+                self.cache.put_pod(
+                    "DELETED", {"metadata": {"name": deletion.name, "namespace": job.namespace}}
+                )
+        for name in decision.delete_configmaps:
+            await self.kube.delete("ConfigMap", job.namespace, name)
+        for event in decision.events:
+            try:
+                await self.kube.post_event(job, event)
+            except ApiException as error:
+                log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
+        if decision.delete_job:
+            log.info("%s: ttlSecondsAfterFinished has passed; deleting the job", key)
+            await self.kube.delete(KIND, job.namespace, job.name)
+            return
+        if decision.requeue_after is not None:
+            self.queue.add(key, after=max(0.05, decision.requeue_after))
+        self.queue.add(key, after=self.settings.resync_seconds)
+        self._phases[key] = status.phase
+        self._count_phases()
+
+    def _count_phases(self) -> None:
+        counts = Counter(self._phases.values())
+        for phase in ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"):
+            metrics.JOBS.labels(phase=phase).set(counts.get(phase, 0))

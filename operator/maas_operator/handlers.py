@@ -1,0 +1,100 @@
+"""kopf registrations only: watch events feed the caches and the work queue; the controller does the rest.
+
+No change-detecting handlers (on.create/on.update) and no timers or daemons: those make kopf add finalizers
+and keep its own state on our objects. Plain event handlers keep MaaSJobs free of finalizers (deleting a job
+never waits for the operator; owner references remove its children).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from maas_api.job import GROUP, PLURAL, VERSION
+
+from maas_operator import metrics, names
+from maas_operator.controller import Controller
+from maas_operator.kube import Kube, connect
+from maas_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+# One controller per operator process; set at start-up (kopf calls the handlers below in the same loop).
+_controller: Controller | None = None
+
+
+def _the_controller() -> Controller:
+    if _controller is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return _controller
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings, each for a reason."""
+    # Our prefix, never kopf's defaults: no collision with another kopf operator on the same objects.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Silent watch stalls are kopf's most reported problem: end every watch request server-side after
+    # 4.5 minutes, give the client a little more, and reconnect after 70 s without any event or bookmark.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 70
+    # The operator posts its own events (controller -> kube.post_event); kopf's per-handler log events
+    # would flood `kubectl describe` with one line per watch event.
+    settings.posting.enabled = False
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _controller
+    configure_kopf(settings)
+    operator_settings = OperatorSettings.from_environment()
+    metrics.serve(operator_settings.metrics_port)
+    controller = Controller(Kube(await connect()), operator_settings)
+    await controller.prime()
+    controller.start()
+    _controller = controller
+    log.info(
+        "maas-operator started: %d reconcile workers, %d nodes, %d jobs",
+        operator_settings.workers,
+        len(controller.cache.nodes),
+        len(controller.cache.jobs),
+    )
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    if _controller is not None:
+        await _controller.stop()
+        await _controller.kube.close()
+
+
+@kopf.on.probe(id="reconciler")
+def probe(**_: Any) -> dict[str, Any]:
+    return _the_controller().healthy()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def job_event(event: kopf.RawEvent, **_: Any) -> None:
+    _the_controller().on_job(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+    # Every pod, not only ours: any pod holding GPUs on a node takes them from the planner.
+    _the_controller().on_pod(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(event: kopf.RawEvent, **_: Any) -> None:
+    _the_controller().on_node(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("", "v1", "configmaps", labels={names.JOB_LABEL: kopf.PRESENT})
+def configmap_event(event: kopf.RawEvent, **_: Any) -> None:
+    _the_controller().on_configmap(event.get("type"), dict(event["object"]))

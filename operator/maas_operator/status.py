@@ -1,0 +1,144 @@
+"""Status from what was decided and observed: conditions, phase, worker counts and the plan summary.
+
+Pure. Conditions follow the Kubernetes API conventions: every type is always present, `lastTransitionTime`
+changes only when the status flips, and each carries the generation it was computed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from maas_api.plan import Plan
+from maas_api.status import (
+    Condition,
+    ConditionType,
+    MaaSJobStatus,
+    Phase,
+    PlanSummary,
+    StageSummary,
+    WorkerCounts,
+    WorkerSummary,
+)
+
+from maas_operator.world import WorkerPod
+
+MAX_WORKERS_IN_STATUS = 64
+"""PlanSummary.workers lists at most this many (status must stay small; the ConfigMap has them all)."""
+
+# Condition types whose True state is bad news: their events are Warnings.
+WARNING_CONDITIONS = frozenset({ConditionType.FAILED, ConditionType.RESTARTING})
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason: one event on the job."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        bad_news = self.type in WARNING_CONDITIONS and self.status == "True"
+        unplaceable = self.type == ConditionType.PLANNED and self.status == "False"
+        return bad_news or unplaceable
+
+
+def set_condition(
+    status: MaaSJobStatus,
+    type_: ConditionType,
+    value: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> Transition | None:
+    """Sets one condition in place; returns the transition when its status or reason changed."""
+    wanted = "True" if value else "False"
+    for index, existing in enumerate(status.conditions):
+        if existing.type != type_:
+            continue
+        changed = existing.status != wanted or existing.reason != reason
+        status.conditions[index] = Condition(
+            type=type_,
+            status=wanted,
+            reason=reason,
+            message=message,
+            last_transition_time=now if existing.status != wanted else existing.last_transition_time,
+            observed_generation=generation,
+        )
+        return Transition(type_, wanted, reason, message) if changed else None
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=wanted,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=generation,
+        )
+    )
+    # A first False is not news (every condition starts out False); a first True is.
+    return Transition(type_, wanted, reason, message) if value else None
+
+
+def condition(status: MaaSJobStatus, type_: ConditionType) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def is_true(status: MaaSJobStatus, type_: ConditionType) -> bool:
+    found = condition(status, type_)
+    return found is not None and found.status == "True"
+
+
+def phase_of(status: MaaSJobStatus) -> Phase:
+    """The one-word summary: the most final condition that holds wins."""
+    for type_, phase in (
+        (ConditionType.FAILED, Phase.FAILED),
+        (ConditionType.SUCCEEDED, Phase.SUCCEEDED),
+        (ConditionType.SUSPENDED, Phase.SUSPENDED),
+        (ConditionType.RESTARTING, Phase.RESTARTING),
+        (ConditionType.READY, Phase.RUNNING),
+    ):
+        if is_true(status, type_):
+            return phase
+    return Phase.PENDING
+
+
+def plan_summary(plan: Plan) -> PlanSummary:
+    gpus_per_stage: dict[int, int] = {}
+    for worker in plan.workers:
+        for stage in worker.stages:
+            gpus_per_stage[stage] = gpus_per_stage.get(stage, 0) + worker.gpus
+    return PlanSummary(
+        stages=[
+            StageSummary(
+                index=stage.index,
+                units=stage.units,
+                gpus=gpus_per_stage.get(stage.index, 0),
+                memory_bytes=stage.memory_bytes,
+            )
+            for stage in plan.stages
+        ],
+        workers=[
+            WorkerSummary(name=w.name, replica=w.replica, stages=w.stages, node=w.node)
+            for w in plan.workers[:MAX_WORKERS_IN_STATUS]
+        ],
+        replicas=plan.replicas,
+        microbatches=plan.microbatches,
+        schedule=plan.schedule,
+        bottleneck=plan.bottleneck,
+        estimated_bubble=plan.estimated_bubble,
+    )
+
+
+def worker_counts(expected: int, pods: Sequence[WorkerPod]) -> WorkerCounts:
+    """Counts over the current gang(s) pods: ready = running and Ready; failed = phase Failed."""
+    return WorkerCounts(
+        total=expected,
+        ready=sum(1 for p in pods if p.phase == "Running" and p.ready and not p.terminating),
+        failed=sum(1 for p in pods if p.phase == "Failed"),
+    )
