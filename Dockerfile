@@ -14,7 +14,8 @@ FROM python:3.11-slim AS operator
 COPY --from=source /src /src
 RUN pip install --no-cache-dir "/src[operator]" && rm -rf /src
 USER 65532:65532
-ENTRYPOINT ["kopf", "run", "--standalone", "--all-namespaces", "-m", "maas_operator.main"]
+# Standalone kopf over every namespace; settings come from MAAS_* variables (maas_operator.settings).
+ENTRYPOINT ["python", "-m", "maas_operator"]
 
 FROM python:3.11-slim AS runtime
 COPY --from=source /src /src

@@ -27,8 +27,8 @@ format: venv
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
-typecheck: venv  ## mypy --strict on the pure modules
-	$(PYTHON) -m mypy api/maas_api operator/maas_operator/planner
+typecheck: venv  ## mypy --strict on every package
+	$(PYTHON) -m mypy api/maas_api operator/maas_operator runtime/maas_runtime devcluster/maas_devcluster
 
 crds: venv  ## regenerate crds/maasjob.yaml from the API models
 	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml

@@ -157,7 +157,7 @@ class _Step:
     def finish(self) -> Decision:
         for type_, reason in INITIAL_REASONS.items():
             if not any(c.type == type_ for c in self.status.conditions):
-                self.condition(type_, False, reason, "")
+                self.condition(type_, False, reason, "", quiet=True)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation
         self.status.selector = names.selector(self.observed.job.name)
@@ -463,7 +463,8 @@ def _children(step: _Step, spec: MaaSJobSpec, plan: Plan) -> None:
     if created:
         # The Service and the per-replica plans must exist before workers resolve or mount them.
         support = [children.worker_service(job, spec), *children.gang_configmaps(job, plan)]
-        step.decision.apply[0:0] = support
+        first_pod = next(i for i, m in enumerate(step.decision.apply) if m["kind"] == "Pod")
+        step.decision.apply[first_pod:first_pod] = support
         if step.status.start_time is None:
             step.status.start_time = step.now
         attempts = sorted(f"{k} {v}" for k, v in step.status.attempts.items() if v)

@@ -56,7 +56,7 @@ def set_condition(
     now: datetime,
     generation: int | None,
 ) -> Transition | None:
-    """Sets one condition in place; returns the transition when its status or reason changed."""
+    """Sets one condition in place; returns the transition when it is new or its status or reason changed."""
     wanted = "True" if value else "False"
     for index, existing in enumerate(status.conditions):
         if existing.type != type_:
@@ -81,8 +81,7 @@ def set_condition(
             observed_generation=generation,
         )
     )
-    # A first False is not news (every condition starts out False); a first True is.
-    return Transition(type_, wanted, reason, message) if value else None
+    return Transition(type_, wanted, reason, message)
 
 
 def condition(status: MaaSJobStatus, type_: ConditionType) -> Condition | None:
