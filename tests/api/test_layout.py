@@ -30,3 +30,8 @@ def test_api_imports_neither_kopf_nor_torch() -> None:
 def test_operator_cli_does_not_import_torch() -> None:
     loaded = _modules_loaded_by("import maas_operator.cli")
     assert "torch" not in loaded
+
+
+def test_the_whole_operator_does_not_import_torch() -> None:
+    loaded = _modules_loaded_by("import maas_operator.handlers, maas_operator.main")
+    assert "kopf" in loaded and "torch" not in loaded
