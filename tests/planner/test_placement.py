@@ -36,6 +36,7 @@ def clusters(draw: st.DrawFn) -> tuple[list[Node], dict[str, int], GangRequest]:
                 gpus=gpus,
                 rack=f"r{rack}",
                 block=f"b{rack // 2}",
+                product=draw(st.sampled_from([H100, A100])),
                 taints=taints,
                 unschedulable=draw(st.integers(0, 9)) == 0,
             )
@@ -80,6 +81,29 @@ def test_all_or_nothing_and_never_over_committed(
     shuffled = list(nodes)
     random.Random(7).shuffle(shuffled)
     assert place_gang(shuffled, request, used).nodes == placement.nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters())
+def test_a_gang_mixes_gpu_products_only_when_no_single_product_has_room(
+    case: tuple[list[Node], dict[str, int], GangRequest],
+) -> None:
+    nodes, used, request = case
+    if capacity(nodes, used, request) < len(request.workers):
+        return
+    placement = place_gang(nodes, request, used)
+    product_of = {n.name: n.gpu_product for n in nodes}
+    products = {product_of[name] for name in placement.nodes.values()}
+    room = {
+        product: capacity([n for n in nodes if n.gpu_product == product], used, request)
+        for product in (H100, A100)
+    }
+    if max(room.values()) >= len(request.workers):
+        assert len(products) == 1
+        assert room[products.pop()] >= len(request.workers)
+    else:
+        assert len(products) == 2
+        assert any("no single GPU product has room" in note for note in placement.notes)
 
 
 @settings(max_examples=100, deadline=None)
@@ -314,3 +338,65 @@ def test_one_node_job_fills_two_fragments_when_that_strands_less() -> None:
     ]
     placement = place_gang(nodes, gang(replicas=1, stages=4), used_gpus={"a0": 5, "a1": 7, "b0": 4})
     assert set(placement.nodes.values()) == {"a0", "a1"}
+
+
+def test_an_unset_gpu_product_keeps_the_gang_on_one_product() -> None:
+    # Rack ra holds the 8 workers exactly, but on two products; the A100 rack holds them on one.
+    nodes = [
+        node("a-h100", 8, rack="ra", product=H100),
+        node("a-a100", 8, rack="ra", product=A100),
+        node("b0", 8, rack="rb", product=A100),
+        node("b1", 8, rack="rb", product=A100),
+    ]
+    used = {"a-h100": 4, "a-a100": 4}
+    placement = place_gang(nodes, gang(replicas=4, stages=2), used_gpus=used)
+    assert {n.gpu_product for n in nodes if n.name in placement.nodes.values()} == {A100}
+    assert set(placement.nodes.values()) == {"b0"}  # one whole node of the product
+    assert any(f"every worker on GPU product {A100}" in note for note in placement.notes)
+
+
+def test_products_mix_only_when_none_has_room_and_the_notes_say_so() -> None:
+    nodes = [node("h", 4, rack="ra", product=H100), node("a", 4, rack="ra", product=A100)]
+    placement = place_gang(nodes, gang(replicas=3, stages=2))
+    assert set(placement.nodes.values()) == {"h", "a"}
+    mixed = next(note for note in placement.notes if "no single GPU product has room" in note)
+    assert "6 workers" in mixed and "set spec.resources.gpuProduct" in mixed
+
+
+def test_the_product_where_the_gang_communicates_least_wins() -> None:
+    # H100 holds the 8 workers only on two nodes of two racks; A100 on one node.
+    nodes = [
+        node("h0", 4, rack="ra", product=H100),
+        node("h1", 4, rack="rb", product=H100),
+        node("a0", 8, rack="rc", product=A100),
+        node("a1", 8, rack="rc", product=A100),
+    ]
+    placement = place_gang(nodes, gang(replicas=4, stages=2))
+    assert set(placement.nodes.values()) == {"a0"}
+    # Equal communication: the product that strands fewer GPUs, then the tighter one (best fit).
+    nodes = [node("h0", 8, rack="ra", product=H100), node("a0", 8, rack="rb", product=A100)]
+    placement = place_gang(nodes, gang(replicas=1, stages=2), used_gpus={"h0": 6})
+    assert set(placement.nodes.values()) == {"h0"}
+
+
+def test_a_named_gpu_product_is_never_mixed_or_noted() -> None:
+    nodes = [node("h", 8, rack="ra", product=H100), node("a", 8, rack="ra", product=A100)]
+    placement = place_gang(nodes, gang(replicas=2, stages=2, gpu_product=A100))
+    assert set(placement.nodes.values()) == {"a"}
+    assert not any("GPU product" in note for note in placement.notes)
+
+
+def test_replan_stays_on_the_product_of_the_kept_workers() -> None:
+    nodes = [
+        node("a0", 2, rack="ra", product=A100),
+        node("a1", 2, rack="ra", product=A100),
+        node("a2", 2, rack="rb", product=A100),
+        node("h0", 8, rack="ra", product=H100),
+    ]
+    request = gang(replicas=2, stages=2)
+    first = place_gang(nodes, request, used_gpus={"h0": 6})
+    assert set(first.nodes.values()) == {"a0", "a1"}
+    lost = first.nodes["job-r0-s0"]
+    second = place_gang([n for n in nodes if n.name != lost], request, {"h0": 6}, previous=first.nodes)
+    moved = [w for w in request.workers if first.nodes[w] == lost]
+    assert {second.nodes[w] for w in moved} == {"a2"}  # not the H100 node of the same rack
