@@ -363,7 +363,7 @@ def test_products_mix_only_when_none_has_room_and_the_notes_say_so() -> None:
     assert "6 workers" in mixed and "set spec.resources.gpuProduct" in mixed
 
 
-def test_the_product_where_the_gang_communicates_least_wins() -> None:
+def test_the_product_where_the_gang_lands_lowest_wins_then_the_one_stranding_least() -> None:
     # H100 holds the 8 workers only on two nodes of two racks; A100 on one node.
     nodes = [
         node("h0", 4, rack="ra", product=H100),
@@ -373,7 +373,7 @@ def test_the_product_where_the_gang_communicates_least_wins() -> None:
     ]
     placement = place_gang(nodes, gang(replicas=4, stages=2))
     assert set(placement.nodes.values()) == {"a0"}
-    # Equal communication: the product that strands fewer GPUs, then the tighter one (best fit).
+    # One node either way: the product that strands fewer GPUs.
     nodes = [node("h0", 8, rack="ra", product=H100), node("a0", 8, rack="rb", product=A100)]
     placement = place_gang(nodes, gang(replicas=1, stages=2), used_gpus={"h0": 6})
     assert set(placement.nodes.values()) == {"h0"}
@@ -400,3 +400,16 @@ def test_replan_stays_on_the_product_of_the_kept_workers() -> None:
     second = place_gang([n for n in nodes if n.name != lost], request, {"h0": 6}, previous=first.nodes)
     moved = [w for w in request.workers if first.nodes[w] == lost]
     assert {second.nodes[w] for w in moved} == {"a2"}  # not the H100 node of the same rack
+
+
+def test_a_gang_on_one_rack_of_small_nodes_beats_breaking_a_large_node_in_another_product() -> None:
+    # Both products hold the 4 workers only on two nodes of one rack; the 2-GPU nodes take them exactly,
+    # where the 8-GPU nodes (2 and 3 free) would keep a stranded GPU.
+    nodes = [
+        node("t0", 2, rack="rt", product=A100),
+        node("t1", 2, rack="rt", product=A100),
+        node("g0", 8, rack="rg", product=H100),
+        node("g1", 8, rack="rg", product=H100),
+    ]
+    placement = place_gang(nodes, gang(replicas=2, stages=2), used_gpus={"g0": 6, "g1": 5})
+    assert set(placement.nodes.values()) == {"t0", "t1"}

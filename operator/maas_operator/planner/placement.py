@@ -8,8 +8,8 @@ as "a replica on one node". Every worker needs `gpus` GPUs on one node. The gang
    and free GPUs (allocatable minus used; never over-committed). A node offers free // gpus worker slots.
 2. One GPU product: with spec.resources.gpuProduct unset, the gang stays on one product whenever a single
    product has room for it (a pipeline runs at the pace of its slowest stage); among several, the one where
-   it communicates least, then strands the fewest GPUs, then the tightest. It mixes products only when none
-   has room, and the plan notes say so.
+   it lands at the lowest level of step 3 (one node, rack, block), then strands the fewest GPUs, then
+   communicates least. It mixes products only when none has room, and the plan notes say so.
 3. Choose slots in the best-fitting rack that holds the whole job (else block, else several blocks):
    best fit means the domain with the fewest free slots that suffices, so used domains fill up and empty
    ones stay whole. Inside a domain the job takes the fewest children that hold it and, among those, the
@@ -138,7 +138,8 @@ class ClusterView:
         self.product_of = product_of if product_of is not None else [""] * len(names)
         """Each node's GPU product label ("": unlabelled, a product of its own)."""
         self._index: dict[str, int] | None = None
-        self._products: dict[str, tuple[list[int], ClusterView]] | None = None
+        self._products: dict[str, list[int]] | None = None
+        self._product_views: dict[str, ClusterView] = {}
         self.worker_size_mix: Mapping[int, float] = DEFAULT_WORKER_SIZE_MIX
         """GPU demand by worker size (FGD's workload): what counts as a fragment."""
 
@@ -171,21 +172,21 @@ class ClusterView:
             self._index = {name: i for i, name in enumerate(self.names)}
         return self._index
 
-    def products(self) -> dict[str, tuple[list[int], ClusterView]]:
-        """Product -> (its nodes, a view of only those nodes); built once, their `free` is refreshed by
-        `product_view`."""
+    def products(self) -> dict[str, list[int]]:
+        """Product -> its nodes (built once: nodes and their labels do not change, free GPUs do)."""
         if self._products is None:
             nodes_of: dict[str, list[int]] = defaultdict(list)
             for node, product in enumerate(self.product_of):
                 nodes_of[product].append(node)
-            self._products = {
-                product: (nodes, self._restricted(nodes)) for product, nodes in nodes_of.items()
-            }
+            self._products = dict(nodes_of)
         return self._products
 
     def product_view(self, product: str) -> tuple[list[int], ClusterView]:
         """The nodes of one product and a view of them with this view's current free GPUs."""
-        nodes, view = self.products()[product]
+        nodes = self.products()[product]
+        view = self._product_views.get(product)
+        if view is None:
+            view = self._product_views[product] = self._restricted(nodes)
         view.free = [self.free[node] for node in nodes]
         view.worker_size_mix = self.worker_size_mix
         return nodes, view
@@ -602,16 +603,18 @@ def _place_displaced(
     """Worker -> node for the displaced workers, on one GPU product when the request names none.
 
     A pipeline runs at the pace of its slowest stage and data-parallel replicas wait for the slowest one, so
-    a gang mixes products only when no single product has room for it. Several products with room: the one
-    where the gang communicates least, then strands the fewest GPUs, then has the fewest free slots (best
-    fit, so the large pools stay whole), then the smaller name. A re-plan stays on the product of most kept
-    workers when it has room. Returns the assignment and a note when the product was chosen or mixed.
+    a gang mixes products only when no single product has room for it. Several products with room: the same
+    rule as `choose_slots` one level up: the product where the gang lands at the lowest level (one node, one
+    rack, one block), then strands the fewest GPUs, then communicates least, then has the fewest free slots
+    (best fit, so the large pools stay whole), then the smaller name. A re-plan stays on the product of
+    most kept workers when it has room. Returns the assignment and a note when the product was chosen or
+    mixed.
     """
-    products = view.products()
-    if request.gpu_product is not None or len(products) < 2:
+    products = {} if request.gpu_product is not None else view.products()
+    if len(products) < 2:
         return _place_in(view, request, kept_nodes, displaced)[0], None
     gpus, need = request.gpus_per_worker, len(displaced)
-    room = {product: sum(view.free[n] // gpus for n in nodes) for product, (nodes, _) in products.items()}
+    room = {product: sum(view.free[n] // gpus for n in nodes) for product, nodes in products.items()}
     candidates = [product for product, slots in room.items() if slots >= need]
     if kept_nodes:
         kept_product = Counter(view.product_of[n] for n in kept_nodes.values()).most_common(1)[0][0]
@@ -626,7 +629,7 @@ def _place_displaced(
             f" {list_some(f'{_product_name(p)} ({n})' for p, n in mix.most_common())}; it runs at the pace of"
             " its slowest GPU (set spec.resources.gpuProduct to wait for one product instead)"
         )
-    best: tuple[tuple[float, float, int, str], dict[int, int]] | None = None
+    best: tuple[tuple[int, float, float, int, str], dict[int, int]] | None = None
     for product in candidates:
         nodes, sub = view.product_view(product)
         position = {node: i for i, node in enumerate(nodes)} if kept_nodes else {}
@@ -634,26 +637,37 @@ def _place_displaced(
         placed_sub, slots_sub = _place_in(sub, request, sub_kept, displaced)
         placed = {worker: nodes[node] for worker, node in placed_sub.items()}
         if len(candidates) == 1:
-            best = ((0.0, 0.0, 0, product), placed)
+            best = ((0, 0.0, 0.0, 0, product), placed)
             break
         slots = [(nodes[node], count) for node, count in slots_sub]
         everyone = {**kept_nodes, **placed}
         score = (
-            communication_cost(view, request, [everyone[w] for w in range(len(request.workers))]),
+            _spread(view, slots),
             fragmentation_change(view, slots, gpus),
+            communication_cost(view, request, [everyone[w] for w in range(len(request.workers))]),
             room[product],
             product,
         )
         if best is None or score < best[0]:
             best = (score, placed)
     assert best is not None
-    chosen = best[0][3]
+    chosen = best[0][-1]
     others = len(products) - 1
     return best[1], (
         f"placement: every worker on GPU product {_product_name(chosen)} (spec.resources.gpuProduct unset;"
         f" {plural(others, 'other product')} on the nodes, not mixed: a pipeline runs at the pace of its"
         " slowest GPU)"
     )
+
+
+def _spread(view: ClusterView, slots: Iterable[tuple[int, int]]) -> int:
+    """The topology level that holds all the slots: SAME_NODE, SAME_RACK, SAME_BLOCK or FAR."""
+    nodes = {node for node, _ in slots}
+    if len(nodes) == 1:
+        return SAME_NODE
+    if len({view.rack_of[node] for node in nodes}) == 1:
+        return SAME_RACK
+    return SAME_BLOCK if len({view.block_of[node] for node in nodes}) == 1 else FAR
 
 
 def _product_name(product: str) -> str:
