@@ -413,3 +413,16 @@ def test_a_gang_on_one_rack_of_small_nodes_beats_breaking_a_large_node_in_anothe
     ]
     placement = place_gang(nodes, gang(replicas=2, stages=2), used_gpus={"g0": 6, "g1": 5})
     assert set(placement.nodes.values()) == {"t0", "t1"}
+
+
+def test_a_128_gpu_gang_stays_on_the_product_with_room_instead_of_the_tightest_mixed_rack() -> None:
+    # The case in small: the rack that fits 128 one-GPU workers most tightly mixes 8-GPU and 2-GPU
+    # products, while a rack of one product has whole 8-GPU nodes free.
+    mixed_rack = [node(f"m-g{i:02d}", 8, rack="r-mixed", product=H100) for i in range(12)] + [
+        node(f"m-t{i:02d}", 2, rack="r-mixed", product=A100) for i in range(16)
+    ]
+    whole_rack = [node(f"w-g{i:02d}", 8, rack="r-whole", product=H100) for i in range(32)]
+    placement = place_gang(mixed_rack + whole_rack, gang(replicas=16, stages=8))
+    products = {n.gpu_product for n in mixed_rack + whole_rack if n.name in placement.nodes.values()}
+    assert products == {H100}
+    assert len(set(placement.nodes.values())) == 16  # 16 whole 8-GPU nodes of one rack
