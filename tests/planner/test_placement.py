@@ -360,7 +360,7 @@ def test_products_mix_only_when_none_has_room_and_the_notes_say_so() -> None:
     placement = place_gang(nodes, gang(replicas=3, stages=2))
     assert set(placement.nodes.values()) == {"h", "a"}
     mixed = next(note for note in placement.notes if "no single GPU product has room" in note)
-    assert "6 workers" in mixed and "set spec.resources.gpuProduct" in mixed
+    assert "for 6 workers (the most: " in mixed and "set spec.resources.gpuProduct" in mixed
 
 
 def test_the_product_where_the_gang_lands_lowest_wins_then_the_one_stranding_least() -> None:
@@ -426,3 +426,19 @@ def test_a_128_gpu_gang_stays_on_the_product_with_room_instead_of_the_tightest_m
     products = {n.gpu_product for n in mixed_rack + whole_rack if n.name in placement.nodes.values()}
     assert products == {H100}
     assert len(set(placement.nodes.values())) == 16  # 16 whole 8-GPU nodes of one rack
+
+
+def test_a_replan_mixes_products_only_when_the_kept_workers_product_lacks_room() -> None:
+    nodes = [
+        node("a0", 2, rack="ra", product=A100),
+        node("a1", 2, rack="ra", product=A100),
+        node("h0", 8, rack="ra", product=H100),
+    ]
+    request = gang(replicas=2, stages=2)
+    first = place_gang(nodes, request, used_gpus={"h0": 6})
+    assert set(first.nodes.values()) == {"a0", "a1"}
+    second = place_gang([n for n in nodes if n.name != "a0"], request, {"h0": 6}, previous=first.nodes)
+    assert {second.nodes[w] for w in request.workers if first.nodes[w] == "a0"} == {"h0"}
+    note = next(note for note in second.notes if "so the gang mixes" in note)
+    assert f"the kept workers' GPU product {A100} has room for 0 of the 2 displaced workers" in note
+    assert f"{A100} (2), {H100} (2)" in note

@@ -618,14 +618,22 @@ def _place_displaced(
     candidates = [product for product, slots in room.items() if slots >= need]
     if kept_nodes:
         kept_product = Counter(view.product_of[n] for n in kept_nodes.values()).most_common(1)[0][0]
+        short = (
+            f"the kept workers' GPU product {_product_name(kept_product)} has room for"
+            f" {room[kept_product]} of the {plural(need, 'displaced worker')}"
+        )
         candidates = [kept_product] if kept_product in candidates else []
+    else:
+        roomiest = min(room, key=lambda product: (-room[product], product))
+        short = (
+            f"no single GPU product has room for {plural(need, 'worker')} (the most:"
+            f" {_product_name(roomiest)}, {room[roomiest]})"
+        )
     if not candidates:
         placed = _place_in(view, request, kept_nodes, displaced)[0]
-        mix = Counter(view.product_of[node] for node in placed.values())
-        largest = max(room.items(), key=lambda item: (item[1], item[0]))
+        mix = Counter(view.product_of[node] for node in {**kept_nodes, **placed}.values())
         return placed, (
-            f"placement: no single GPU product has room for {plural(need, 'worker')} (most:"
-            f" {_product_name(largest[0])} with {largest[1]}), so the gang mixes"
+            f"placement: {short}, so the gang mixes"
             f" {list_some(f'{_product_name(p)} ({n})' for p, n in mix.most_common())}; it runs at the pace of"
             " its slowest GPU (set spec.resources.gpuProduct to wait for one product instead)"
         )
