@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from maas_api import parse_maasjob
 from maas_api.spec import Toleration
-from maas_operator.planner.cluster import Node, Taint
+from maas_operator.planner import build_plan
+from maas_operator.planner.cluster import Node, Taint, load_nodes
 from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
 from maas_operator.planner.reasons import PlanError, Unschedulable
 
@@ -145,7 +149,7 @@ def test_replan_places_displaced_workers_near_the_kept_ones() -> None:
     assert all(second.nodes[w].startswith(rack_of_lost) for w in moved)  # the spare node of the same rack
 
 
-def test_a_replica_stays_on_one_node_and_the_job_in_one_rack() -> None:
+def test_with_equal_traffic_a_replica_stays_on_one_node_and_the_job_in_one_rack() -> None:
     nodes = racks(count=2, nodes_per_rack=4)
     placement = place_gang(nodes, gang(replicas=4, stages=4))
     for r in range(4):
@@ -442,3 +446,27 @@ def test_a_replan_mixes_products_only_when_the_kept_workers_product_lacks_room()
     note = next(note for note in second.notes if "so the gang mixes" in note)
     assert f"the kept workers' GPU product {A100} has room for 0 of the 2 displaced workers" in note
     assert f"{A100} (2), {H100} (2)" in note
+
+
+def test_the_transformer_example_shares_nodes_by_stage_and_the_small_examples_by_replica() -> None:
+    # What the README says placement does: ranks go along the heavier traffic. Training the transformer
+    # moves 2x a stage's parameters between replicas per step, far more than the activations between stages,
+    # so each node holds the same stages of every replica; the small LargeModel keeps each pipeline whole.
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    nodes = load_nodes((examples / "nodes.yaml").read_text())
+
+    def plan_of(name: str) -> dict[tuple[int, int], str]:
+        job = parse_maasjob(yaml.safe_load((examples / name).read_text()))
+        plan = build_plan(job, nodes=nodes)
+        return {(w.replica, w.pipeline_rank): str(w.node) for w in plan.workers}
+
+    transformer = plan_of("transformer-auto.yaml")
+    replicas = {replica for replica, _ in transformer}
+    ranks = {rank for _, rank in transformer}
+    assert len(replicas) > 1 and len(ranks) > 1
+    for rank in ranks:  # every replica's copy of a stage on one node
+        assert len({transformer[replica, rank] for replica in replicas}) == 1
+    assert all(len({transformer[r, k] for k in ranks}) > 1 for r in replicas)  # no pipeline whole on a node
+    large_model = plan_of("large-model-train.yaml")
+    for replica in {replica for replica, _ in large_model}:
+        assert len({node for (r, _), node in large_model.items() if r == replica}) == 1
