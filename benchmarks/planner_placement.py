@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/planner_placement.py [--jobs 1200] [--loads 0.5 0.7 0.9 0.95] [--quick]
 The default (3 clusters x 4 loads x 1,200 arrivals, 600 on the 10,000-node cluster, plus the trace replay)
-takes about 1-2 minutes on 2 cores; --quick (300 arrivals, 2 loads) is a smoke run.
+takes about a minute of CPU (1.5-3.5 minutes wall on 2 shared cores); --quick (300 arrivals, 2 loads) is a
+smoke run.
 
 Clusters
 - synthetic: 8 GPUs per node, 32 nodes per rack, 16 racks per block, one GPU product; 1,000 and 10,000
