@@ -1,4 +1,4 @@
-"""A short check for a machine with one GPU (a couple of minutes); skips cleanly without CUDA.
+"""A short check for a machine with one GPU (a couple of minutes); without CUDA it skips, and says so.
 
 1. NCCL with world size 1: init_process_group, one all-reduce, teardown.
 2. The runtime itself on the GPU: a 1-worker plan training the small Transformer in bf16 through
@@ -6,9 +6,11 @@
    utilisation: 3 x forward FLOPs per sample (maas_api.catalog's profile) x samples/s over the H200's
    dense bf16 peak of 989 TFLOP/s.
 
-Prints a table and writes benchmarks/results/runtime_gpu_check.json.
+Prints a table and writes benchmarks/results/runtime_gpu_check.json (or --output). Exit codes: 0 every
+check passed, 1 a check failed, 77 skipped (no CUDA device: nothing was checked, which is not a pass; 77 is
+the code automake and meson read as "skipped").
 
-    python benchmarks/gpu_check.py [--steps 30] [--batch 16]
+    python benchmarks/gpu_check.py [--steps 30] [--batch 16] [--output PATH]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from maas_runtime.launch import local_plan, run
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "runtime_gpu_check.json"
+EXIT_SKIPPED = 77
+"""Exit code of a run that checked nothing (no CUDA device)."""
 PEAK_BF16_FLOPS = 989e12
 """H200 SXM dense bf16 tensor-core peak."""
 MODEL = ModelSpec(
@@ -91,20 +95,27 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON report goes")
     args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    output: Path = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
-        report: dict[str, Any] = {"status": "skipped", "reason": "no CUDA device visible"}
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print("gpu_check: skipped (no CUDA device visible)")
-        return 0
+        reason = f"no CUDA device visible (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+        report: dict[str, Any] = {"status": "skipped", "reason": reason, "checked": []}
+        output.write_text(json.dumps(report, indent=2) + "\n")
+        print(
+            f"gpu_check: SKIPPED, not a pass: {reason}; NCCL and GPU training were not checked"
+            f" (exit {EXIT_SKIPPED})",
+            file=sys.stderr,
+        )
+        return EXIT_SKIPPED
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": MODEL.to_wire()}
     report["nccl"] = nccl_world_of_one()
     with tempfile.TemporaryDirectory() as tmp:
         report["training"] = runtime_training(args.steps, args.batch, Path(tmp))
     ok = report["nccl"]["ok"] and report["training"]["ok"]
     report["status"] = "ok" if ok else "failed"
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"gpu_check on {report['gpu']} (torch {report['torch']}): {report['status']}")
     print(
         f"  NCCL world of 1: {'ok' if report['nccl']['ok'] else 'FAILED'} ({report['nccl']['seconds']:.1f} s)"
@@ -119,7 +130,7 @@ def main() -> int:
         )
     else:
         print(f"  runtime training FAILED:\n{training.get('error', training)}")
-    print(f"wrote {RESULTS.relative_to(HERE.parent)}")
+    print(f"wrote {output}")
     return 0 if ok else 1
 
 

@@ -1,20 +1,25 @@
-"""Measures gang placement against kube-scheduler and Kueue-style baselines, on synthetic and real clusters.
+"""Measures gang placement against kube-scheduler and a fair Kueue TAS baseline, on synthetic and real clusters.
 
-Usage: python benchmarks/planner_placement.py [--jobs 1600] [--loads 0.5 0.6 0.7 0.8 0.9 0.95] [--quick]
+Usage: python benchmarks/planner_placement.py [--jobs 1200] [--loads 0.5 0.7 0.9 0.95] [--quick]
+The default (3 clusters x 4 loads x 1,200 arrivals, 600 on the 10,000-node cluster, plus the trace replay)
+takes about a minute of CPU (1.5-3.5 minutes wall on 2 shared cores); --quick (300 arrivals, 2 loads) is a
+smoke run.
 
 Clusters
-- synthetic: 8 GPUs per node, 32 nodes per rack, 16 racks per block; 1,000 and 10,000 nodes;
+- synthetic: 8 GPUs per node, 32 nodes per rack, 16 racks per block, one GPU product; 1,000 and 10,000
+  nodes;
 - Alibaba GPU trace v2023 (/work/shared/data/alibaba-gpu-v2023, Weng et al., ATC'23): the 1,213 real nodes
-  with their GPU counts (1, 2, 4 or 8). The trace has no topology, so racks are synthesized as 32
-  consecutive nodes of the node list (which is ordered by GPU model, so a rack is mostly one model) and
-  blocks as 16 consecutive racks. GPU models are not matched (the trace's pods name none).
+  with their GPU counts (1, 2, 4 or 8) and GPU models (7 products: G2 549 x 8 GPUs, T4, P100, V100M16, ...).
+  The trace has no topology, so racks are synthesized as 32 consecutive nodes of the node list (which is
+  ordered by GPU model, so a rack is mostly one model) and blocks as 16 consecutive racks. Jobs name no
+  product (spec.resources.gpuProduct unset), as the trace's pods name none.
 
-Jobs (fixed seed): a pipeline of p stages x d replicas, each worker needing g GPUs on one node. g follows the
-real per-pod GPU counts of the trace's multi-GPU pod list (`openb_pod_list_multigpu50.csv`, pods with GPUs:
-1: 87%, 2: 3%, 4: 3%, 8: 7%); p is drawn from {1, 2, 4, 8} and d from {1, 2, 4, 8} (up to 64 on the 10,000-node
-cluster), resampled above 256 (2,048) GPUs per job. Traffic weights come from the planner's own split of the
-catalog Transformer (vocab 32000, dim 512, 12 layers, seq 256, bfloat16, batch 64): pipeline pairs carry
-activations and their gradients per step, data-parallel pairs twice the stage's parameter bytes.
+Simulated jobs (fixed seed): a pipeline of p stages x d replicas, each worker needing g GPUs on one node. g
+follows the real per-pod GPU counts of the trace's multi-GPU pod list (`openb_pod_list_multigpu50.csv`, pods
+with GPUs: 1: 87%, 2: 3%, 4: 3%, 8: 7%); p is drawn from {1, 2, 4, 8} and d from {1, 2, 4, 8} (up to 64 on the
+10,000-node cluster), resampled above 256 (2,048) GPUs per job. Traffic weights come from the planner's own
+split of the catalog Transformer (vocab 32000, dim 512, 12 layers, seq 256, bfloat16, batch 64): pipeline
+pairs carry activations and their gradients per step, data-parallel pairs twice the stage's parameter bytes.
 
 Simulation: Poisson arrivals, exponential durations (mean 1), offered load = arrival rate x mean GPUs per job x
 mean duration / cluster GPUs. A job that does not fit is rejected (no queue), so every placer sees the same
@@ -22,25 +27,42 @@ arrivals. The cluster starts at its steady occupancy: the expected number of run
 duration) start at time 0 with exponential remaining times; they and the next fifth of the arrivals are not
 counted.
 
+Trace replay (the job stream itself, FGD's method): the tasks that use GPUs, each one worker of `num_gpu` whole
+GPUs (a task sharing a fraction of a GPU counts as one whole GPU: the planner places whole GPUs), arriving
+until the demand reaches 1.1x the cluster's GPUs, none leaving (as in Weng et al.'s evaluation). Two streams:
+`openb_pod_list_default.csv` (7,064 tasks, 94% of them 1-GPU) in the trace's creation order, and
+`openb_pod_list_multigpu50.csv` (the same plus 909 tasks of 2, 4 and 8 GPUs) in a seeded random order. At
+each tenth of the capacity arrived: the share of the arrived GPU demand that found no room, the fragmented
+share of free GPUs, and the room left for the next jobs' large workers (free 8- and 4-GPU worker slots).
+
 Placers
-- planner: maas_operator.planner.placement (block/rack/node best fit, replica/stage line alignment), given
-  the workload's GPU demand by worker size as FGD is (it decides what counts as a fragment);
+- planner: maas_operator.planner.placement (one GPU product when one has room; block/rack/node best fit with
+  fewest-then-tightest domains and FGD's single-node alternative; replica/stage orientation by the traffic
+  model), given the workload's GPU demand by worker size as FGD is (it decides what counts as a fragment);
 - least-allocated: per pod, kube-scheduler's default NodeResourcesFit LeastAllocated (most free share first),
   gang by rolling back when a pod does not fit;
 - most-allocated: per pod, NodeResourcesFit MostAllocated (bin packing), same gang rule;
-- kueue-bestfit: Kueue topology-aware scheduling style: the rack with the least free capacity that holds the
-  whole job, else racks largest first and the best fit for the remainder; nodes inside a rack the same way;
-  pods assigned to nodes in index order.
+- kueue-tas: Kueue topology-aware scheduling with its BestFit algorithm over levels block, rack and hostname,
+  as with `kueue.x-k8s.io/podset-preferred-topology: kubernetes.io/hostname`: the lowest level where one
+  domain holds the whole job, the domain there with the least free capacity that does; below it, children
+  largest first and the last one the best fit for the remainder. Made fair in two ways Kueue alone is not:
+  it orients ranks (replica-major or stage-major, whichever the same traffic model scores cheaper, as a user
+  would by ordering ranks), and there is one ResourceFlavor for all GPU nodes, so products may mix;
+- kueue-tas-flavors (multi-product clusters): the same with one ResourceFlavor per GPU product, tried in the
+  ClusterQueue's order (largest pool first: the order is the admin's, fixed) until one has room, so a gang
+  never mixes products (Kueue's default flavor fungibility).
 
 Metrics (over the counted jobs)
 - gang success rate: placed / arrived;
-- workers on one node: 100% for every placer by construction (a pod never spans nodes), so the table reports
-  the stricter share of replicas (whole pipelines) entirely on one node;
+- replicas on one node: share of replicas (whole pipelines) entirely on one node (every placer keeps a worker
+  on one node; the planner splits pipelines on purpose when gradients dominate, see placement.py);
 - adjacent stages in one rack: share of pipeline pairs (stage k, k+1 of one replica) on one node or one rack;
 - communication cost: sum over pipeline pairs and data-parallel pairs (rank k of replicas r and r+1) of
   traffic x distance (0 same node, 1 same rack, 2 same block, 3 otherwise), divided by the cost of the same job
-  placed alone on the empty cluster (the planner's placement; a reference bound, 1.0 = as good as on an idle
-  cluster), as a ratio of sums over jobs;
+  placed alone on the empty cluster (the cheapest of the planner's and the Kueue TAS placements there; 1.0 =
+  as good as on an idle cluster), as a ratio of sums over jobs;
+- mixed products: share of placed multi-worker jobs whose workers span more than one GPU product (a
+  pipeline runs at the pace of its slowest GPU);
 - GPU fragmentation (FGD-style, Weng et al.): the share of free GPUs that sit on nodes with fewer free GPUs
   than a worker of the job mix needs, weighted by each worker size's share of the GPU demand; sampled every
   10 events;
@@ -80,7 +102,11 @@ from maas_operator.planner.split import SplitRequest, split_model
 RESULTS = Path(__file__).resolve().parent / "results"
 TRACE = Path("/work/shared/data/alibaba-gpu-v2023")
 SEED = 7
-PLACERS = ("planner", "least-allocated", "most-allocated", "kueue-bestfit")
+PLACERS = ("planner", "least-allocated", "most-allocated", "kueue-tas", "kueue-tas-flavors")
+FAIR_BASELINE = "kueue-tas"
+TRACE_FILL = 1.1
+"""The trace replay stops when the arrived GPU demand reaches this multiple of the cluster's GPUs (the
+default list holds 1.2x)."""
 NODES_PER_RACK, RACKS_PER_BLOCK = 32, 16
 
 
@@ -92,15 +118,21 @@ class Cluster:
     capacity: np.ndarray
     rack_of: np.ndarray
     block_of: np.ndarray
+    products: list[str]
 
     @property
     def gpus(self) -> int:
         return int(self.capacity.sum())
 
+    @property
+    def product_count(self) -> int:
+        return len(set(self.products))
+
     def view(self) -> ClusterView:
         racks = [f"rack-{r}" for r in self.rack_of]
         blocks = [f"block-{b}" for b in self.block_of]
-        return ClusterView.from_labels(list(self.names), [int(c) for c in self.capacity], racks, blocks)
+        capacity = [int(c) for c in self.capacity]
+        return ClusterView.from_labels(list(self.names), capacity, racks, blocks, list(self.products))
 
 
 def synthetic_cluster(nodes: int) -> Cluster:
@@ -112,6 +144,7 @@ def synthetic_cluster(nodes: int) -> Cluster:
         np.full(nodes, 8),
         rack_of,
         rack_of // RACKS_PER_BLOCK,
+        ["H100"] * nodes,
     )
 
 
@@ -126,7 +159,21 @@ def alibaba_cluster() -> Cluster:
         np.array([int(row["gpu"]) for row in rows]),
         rack_of,
         rack_of // RACKS_PER_BLOCK,
+        [row["model"] for row in rows],
     )
+
+
+def trace_streams() -> dict[str, list[int]]:
+    """GPUs of every task that uses GPUs, in arrival order: the default list in the trace's creation order
+    (ties: the task name), and the multi-GPU variant (no times; the default list with 909 multi-GPU tasks
+    appended) in a seeded random order, as FGD's evaluation samples tasks from it."""
+    with (TRACE / "openb_pod_list_default.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["num_gpu"]) > 0]
+    rows.sort(key=lambda row: (int(row["creation_time"]), row["name"]))
+    with (TRACE / "openb_pod_list_multigpu50.csv").open() as handle:
+        multi = [int(row["num_gpu"]) for row in csv.DictReader(handle) if int(row["num_gpu"]) > 0]
+    random.Random(SEED).shuffle(multi)
+    return {"default": [int(row["num_gpu"]) for row in rows], "multigpu50": multi}
 
 
 def trace_worker_sizes() -> dict[int, int]:
@@ -293,7 +340,8 @@ class PerPodPlacer:
 
 
 def best_fit_domains(need: int, capacity: np.ndarray, ids: np.ndarray) -> list[tuple[int, int]]:
-    """Kueue TAS BestFit: the smallest domain that holds everything, else largest first + best fit."""
+    """Kueue TAS BestFit among sibling domains: the smallest that holds everything, else largest first and
+    the smallest that holds the remainder."""
     usable = capacity > 0
     capacity, ids = capacity[usable], ids[usable]
     holding = capacity >= need
@@ -314,26 +362,70 @@ def best_fit_domains(need: int, capacity: np.ndarray, ids: np.ndarray) -> list[t
     raise AssertionError("capacity was checked")
 
 
-class KueueBestFitPlacer:
-    def __init__(self, cluster: Cluster) -> None:
+class KueueTasPlacer:
+    """Kueue TAS BestFit over block, rack and hostname, with rank orientation; flavors: node sets tried in
+    order (one for all nodes, or one per GPU product)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        weights: dict[int, tuple[tuple[float, ...], tuple[float, ...]]],
+        per_product_flavors: bool,
+    ) -> None:
+        self.cluster = cluster
+        self.weights = weights
         self.free_gpus = cluster.capacity.copy()
-        self.rack_of = cluster.rack_of
-        self.racks = int(cluster.rack_of.max()) + 1
-        self.nodes_of_rack = [np.flatnonzero(cluster.rack_of == r) for r in range(self.racks)]
+        everything = np.arange(len(cluster.names))
+        if per_product_flavors:
+            products = np.array(cluster.products)
+            pools = [np.flatnonzero(products == product) for product in dict.fromkeys(cluster.products)]
+            pools.sort(key=lambda nodes: -int(cluster.capacity[nodes].sum()))  # the admin's order
+            self.flavors = pools
+        else:
+            self.flavors = [everything]
+
+    def _levels(self, nodes: np.ndarray) -> list[np.ndarray]:
+        """Each node's domain at each level, top first: block, rack, node."""
+        return [self.cluster.block_of[nodes], self.cluster.rack_of[nodes], nodes]
+
+    def _slots(self, need: int, nodes: np.ndarray, slots: np.ndarray) -> list[int]:
+        """Nodes in rank order (one entry per worker)."""
+        levels = self._levels(nodes)
+        # The lowest level where one domain holds the whole job (else the top level, spanning blocks):
+        # BestFit chooses among all the domains of that level.
+        start = 0
+        for depth in range(len(levels) - 1, -1, -1):
+            _, inverse = np.unique(levels[depth], return_inverse=True)
+            if np.bincount(inverse, weights=slots).max() >= need:
+                start = depth
+                break
+
+        def descend(depth: int, members: np.ndarray, take: int) -> list[int]:
+            if depth == len(levels) - 1:
+                chosen = best_fit_domains(take, slots[members], members)
+                return [int(nodes[m]) for m, count in chosen for _ in range(count)]
+            keys = levels[depth][members]
+            domains, inverse = np.unique(keys, return_inverse=True)
+            capacity = np.bincount(inverse, weights=slots[members]).astype(int)
+            result: list[int] = []
+            for domain, count in best_fit_domains(take, capacity, np.arange(len(domains))):
+                result += descend(depth + 1, members[inverse == domain], count)
+            return result
+
+        return descend(start, np.arange(len(nodes)), need)
 
     def place(self, job: Job) -> list[int] | None:
-        slots = self.free_gpus // job.gpus
-        if slots.sum() < job.workers:
+        for pool in self.flavors:
+            slots = self.free_gpus[pool] // job.gpus
+            if slots.sum() >= job.workers:
+                sequence = self._slots(job.workers, pool, slots)
+                break
+        else:
             return None
-        rack_slots = np.bincount(self.rack_of, weights=slots, minlength=self.racks).astype(int)
-        chosen: list[int] = []
-        for rack, count in best_fit_domains(job.workers, rack_slots, np.arange(self.racks)):
-            nodes = self.nodes_of_rack[rack]
-            for node, take in best_fit_domains(count, slots[nodes], nodes):
-                chosen += [node] * take
-        for node in chosen:
+        for node in sequence:
             self.free_gpus[node] -= job.gpus
-        return chosen  # workers in index order onto the nodes in the order chosen
+        assert len(sequence) == job.workers and self.free_gpus.min() >= 0, "the baseline over-committed"
+        return orient(self.cluster, job, sequence, self.weights[job.stages])
 
     def release(self, job: Job, nodes: list[int]) -> None:
         for node in nodes:
@@ -341,6 +433,26 @@ class KueueBestFitPlacer:
 
     def free(self) -> np.ndarray:
         return self.free_gpus
+
+
+def orient(
+    cluster: Cluster, job: Job, sequence: list[int], weights: tuple[tuple[float, ...], tuple[float, ...]]
+) -> list[int]:
+    """The nodes in worker-index order, from nodes in rank order: ranks replica-major (a pipeline's stages
+    consecutive) or stage-major (a stage's replicas consecutive), whichever costs less (replica-major on
+    ties), as a user ordering ranks by the dominant traffic would."""
+    replica_major = list(sequence)
+    if job.stages == 1 or job.replicas == 1:
+        return replica_major
+    stage_major = [0] * job.workers
+    for position, node in enumerate(sequence):
+        stage, replica = divmod(position, job.replicas)
+        stage_major[replica * job.stages + stage] = node
+    cheaper = (
+        communication(cluster, job, stage_major, weights)[0]
+        < communication(cluster, job, replica_major, weights)[0]
+    )
+    return stage_major if cheaper else replica_major
 
 
 # -- metrics -------------------------------------------------------------------------------------------------
@@ -390,6 +502,10 @@ class Outcome:
     pairs: int = 0
     whole_replicas: int = 0
     replicas: int = 0
+    gangs: int = 0
+    """Placed jobs of more than one worker."""
+    mixed_gangs: int = 0
+    """Of those, the ones on more than one GPU product."""
     fragmentation: list[float] | None = None
     utilization: list[float] | None = None
     seconds: float = 0.0
@@ -401,6 +517,7 @@ class Outcome:
             "replicas_on_one_node": self.whole_replicas / self.replicas if self.replicas else 1.0,
             "adjacent_stages_same_rack": self.near_pairs / self.pairs if self.pairs else 1.0,
             "comm_cost_over_reference": self.cost / self.reference if self.reference else 1.0,
+            "mixed_products": self.mixed_gangs / self.gangs if self.gangs else 0.0,
             "fragmentation": statistics.fmean(self.fragmentation or [0.0]),
             "gpu_utilization": statistics.fmean(self.utilization or [0.0]),
             "placer_seconds": self.seconds,
@@ -440,6 +557,9 @@ def simulate(
             outcome.pairs += pairs
             outcome.whole_replicas += whole
             outcome.replicas += job.replicas
+            if job.workers > 1:
+                outcome.gangs += 1
+                outcome.mixed_gangs += len({cluster.products[node] for node in nodes}) > 1
         if event % 10 == 0:
             free = placer.free()
             outcome.fragmentation.append(fragmentation(free, demand_share))  # type: ignore[union-attr]
@@ -450,18 +570,42 @@ def simulate(
 def reference_costs(
     cluster: Cluster, weights: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
 ) -> Callable[[Job], float]:
-    """The cost of a job placed alone on the empty cluster by the planner (cached by shape)."""
+    """The cost of a job placed alone on the empty cluster, by whichever gang placer (the planner or a Kueue
+    TAS variant) does that best (cached by shape): what an idle cluster allows, so ratios stay >= 1 in
+    practice whichever placer's rules are being measured."""
     cache: dict[tuple[int, int, int], float] = {}
+    idle_placers = [name for name in placers_for(cluster) if name == "planner" or name.startswith("kueue")]
 
     def cost(job: Job) -> float:
         key = (job.gpus, job.stages, job.replicas)
         if key not in cache:
-            placer = PlannerPlacer(cluster, weights)
-            nodes = placer.place(job)
-            cache[key] = communication(cluster, job, nodes, weights[job.stages])[0] if nodes else 0.0
+            costs = []
+            for name in idle_placers:
+                nodes = make_placer(name, cluster, weights, {}).place(job)
+                if nodes is not None:
+                    costs.append(communication(cluster, job, nodes, weights[job.stages])[0])
+            cache[key] = min(costs, default=0.0)
         return cache[key]
 
     return cost
+
+
+def placers_for(cluster: Cluster) -> list[str]:
+    """Per-product flavors differ from one flavor only where there are several products."""
+    return [name for name in PLACERS if name != "kueue-tas-flavors" or cluster.product_count > 1]
+
+
+def make_placer(
+    name: str,
+    cluster: Cluster,
+    weights: dict[int, tuple[tuple[float, ...], tuple[float, ...]]],
+    demand_share: dict[int, float],
+) -> Any:
+    if name == "planner":
+        return PlannerPlacer(cluster, weights, demand_share)
+    if name.startswith("kueue-tas"):
+        return KueueTasPlacer(cluster, weights, per_product_flavors=name == "kueue-tas-flavors")
+    return PerPodPlacer(cluster, most_allocated=name == "most-allocated")
 
 
 def run_cluster(
@@ -482,17 +626,53 @@ def run_cluster(
         for job in workload.jobs:
             demand[job.gpus] += job.total_gpus
         demand_share = {size: gpus / sum(demand.values()) for size, gpus in demand.items()}
-        for name in PLACERS:
-            placer: Any
-            if name == "planner":
-                placer = PlannerPlacer(cluster, weights, demand_share)
-            elif name == "kueue-bestfit":
-                placer = KueueBestFitPlacer(cluster)
-            else:
-                placer = PerPodPlacer(cluster, most_allocated=name == "most-allocated")
+        for name in placers_for(cluster):
+            placer = make_placer(name, cluster, weights, demand_share)
             outcome = simulate(cluster, workload, placer, weights, reference, demand_share)
             rows.append({"cluster": cluster.name, "load": load, "placer": name, **outcome.summary()})
             print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+# -- trace replay --------------------------------------------------------------------------------------------
+def replay_trace(
+    cluster: Cluster, weights: dict[int, tuple[tuple[float, ...], tuple[float, ...]]]
+) -> list[dict[str, Any]]:
+    """Each stream's tasks in order, none leaving, until the demand reaches TRACE_FILL x the cluster's GPUs;
+    a row per stream, placer and tenth of the capacity arrived."""
+    checkpoints = [round(0.1 * k, 1) for k in range(5, round(TRACE_FILL * 10) + 1)]
+    rows = []
+    for stream, tasks in trace_streams().items():
+        demand: Counter[int] = Counter()
+        for gpus in tasks:
+            demand[gpus] += gpus
+        demand_share = {size: gpus / sum(demand.values()) for size, gpus in sorted(demand.items())}
+        for name in placers_for(cluster):
+            placer = make_placer(name, cluster, weights, demand_share)
+            arrived = unplaced = 0
+            pending = list(checkpoints)
+            for ident, gpus in enumerate(tasks):
+                if not pending:
+                    break
+                if placer.place(Job(ident, gpus, 1, 1, float(ident), math.inf)) is None:
+                    unplaced += gpus
+                arrived += gpus
+                if arrived >= pending[0] * cluster.gpus:
+                    free = placer.free()
+                    rows.append(
+                        {
+                            "stream": stream,
+                            "arrived_over_capacity": pending.pop(0),
+                            "placer": name,
+                            "tasks": ident + 1,
+                            "unplaced_demand": unplaced / arrived,
+                            "fragmentation": fragmentation(free, demand_share),
+                            "free_gpus": int(free.sum()),
+                            "free_8gpu_slots": int((free // 8).sum()),
+                            "free_4gpu_slots": int((free // 4).sum()),
+                        }
+                    )
+                    print(format_trace_row(rows[-1]), flush=True)
     return rows
 
 
@@ -541,40 +721,80 @@ def latency(repeats: int) -> dict[str, Any]:
 
 # -- output --------------------------------------------------------------------------------------------------
 HEADER = (
-    f"{'cluster':<16} {'load':>4} {'placer':<16} {'success':>7} {'replica/1node':>13} {'pairs/rack':>10}"
-    f" {'comm/ref':>8} {'frag':>6} {'util':>5}"
+    f"{'cluster':<16} {'load':>4} {'placer':<17} {'success':>7} {'replica/1node':>13} {'pairs/rack':>10}"
+    f" {'comm/ref':>8} {'mixed':>6} {'frag':>6} {'util':>5}"
+)
+TRACE_HEADER = (
+    f"{'stream':<16} {'arrived':>7} {'placer':<17} {'tasks':>5} {'unplaced':>8} {'frag':>6} {'free':>5}"
+    f" {'8-GPU slots':>11} {'4-GPU slots':>11}"
 )
 
 
 def format_row(row: dict[str, Any]) -> str:
     return (
-        f"{row['cluster']:<16} {row['load']:>4.2f} {row['placer']:<16} {row['success_rate']:>7.1%}"
+        f"{row['cluster']:<16} {row['load']:>4.2f} {row['placer']:<17} {row['success_rate']:>7.1%}"
         f" {row['replicas_on_one_node']:>13.1%} {row['adjacent_stages_same_rack']:>10.1%}"
-        f" {row['comm_cost_over_reference']:>8.2f} {row['fragmentation']:>6.1%} {row['gpu_utilization']:>5.1%}"
+        f" {row['comm_cost_over_reference']:>8.2f} {row['mixed_products']:>6.1%} {row['fragmentation']:>6.1%}"
+        f" {row['gpu_utilization']:>5.1%}"
+    )
+
+
+def format_trace_row(row: dict[str, Any]) -> str:
+    return (
+        f"{row['stream']:<16} {row['arrived_over_capacity']:>7.1f} {row['placer']:<17} {row['tasks']:>5}"
+        f" {row['unplaced_demand']:>8.2%} {row['fragmentation']:>6.1%} {row['free_gpus']:>5}"
+        f" {row['free_8gpu_slots']:>11} {row['free_4gpu_slots']:>11}"
     )
 
 
 def comparison(rows: list[dict[str, Any]]) -> list[str]:
-    """Per cluster, the planner against each baseline over all loads."""
+    """Per cluster, the planner against each baseline at every load: ranges and means over the loads (every
+    load counts, including those where both are equal)."""
     lines = []
     for cluster in dict.fromkeys(r["cluster"] for r in rows):
         mine = [r for r in rows if r["cluster"] == cluster and r["placer"] == "planner"]
         for baseline in PLACERS[1:]:
             theirs = [r for r in rows if r["cluster"] == cluster and r["placer"] == baseline]
+            if not theirs:
+                continue
             pairs = list(zip(mine, theirs, strict=True))
-            success = statistics.fmean(m["success_rate"] - t["success_rate"] for m, t in pairs)
-            comm = statistics.fmean(
-                m["comm_cost_over_reference"] / t["comm_cost_over_reference"] for m, t in pairs
-            )
-            frag = statistics.fmean(m["fragmentation"] - t["fragmentation"] for m, t in pairs)
-            better_comm = sum(m["comm_cost_over_reference"] < t["comm_cost_over_reference"] for m, t in pairs)
-            better_frag = sum(m["fragmentation"] <= t["fragmentation"] for m, t in pairs)
-            same_success = sum(m["success_rate"] >= t["success_rate"] for m, t in pairs)
+            comm = [m["comm_cost_over_reference"] / t["comm_cost_over_reference"] for m, t in pairs]
+            success = [m["success_rate"] - t["success_rate"] for m, t in pairs]
+            frag = [m["fragmentation"] - t["fragmentation"] for m, t in pairs]
+            mixed = [t["mixed_products"] - m["mixed_products"] for m, t in pairs]
             lines.append(
-                f"{cluster:<16} vs {baseline:<16} success {success:+.2%} points, comm cost x{comm:.2f},"
-                f" fragmentation {frag:+.1%} points (mean over loads); planner better on comm at"
-                f" {better_comm}/{len(pairs)} loads, fragmentation no higher at {better_frag}/{len(pairs)},"
-                f" success no lower at {same_success}/{len(pairs)}"
+                f"{cluster:<16} planner vs {baseline:<17} comm cost x{min(comm):.3f}..x{max(comm):.3f}"
+                f" (mean x{statistics.fmean(comm):.3f}), success {statistics.fmean(success):+.2%} points,"
+                f" fragmentation {statistics.fmean(frag):+.2%} points, mixed-product gangs"
+                f" {statistics.fmean(m['mixed_products'] for m, _ in pairs):.1%} vs"
+                f" {statistics.fmean(t['mixed_products'] for _, t in pairs):.1%}"
+                + (f" ({statistics.fmean(mixed):+.1%} points fewer)" if any(mixed) else "")
+                + f" over {len(pairs)} loads"
+            )
+    return lines
+
+
+def trace_comparison(rows: list[dict[str, Any]]) -> list[str]:
+    """The planner against each baseline per stream: room left for large workers at 0.9 of the capacity
+    arrived, and the demand that found no room once TRACE_FILL x the capacity has arrived."""
+    lines = []
+    for stream in dict.fromkeys(r["stream"] for r in rows):
+        at = {
+            (r["placer"], r["arrived_over_capacity"]): r
+            for r in rows
+            if r["stream"] == stream and r["arrived_over_capacity"] in (0.9, TRACE_FILL)
+        }
+        mine, mine_full = at["planner", 0.9], at["planner", TRACE_FILL]
+        for placer in dict.fromkeys(p for p, _ in at):
+            if placer == "planner":
+                continue
+            theirs, theirs_full = at[placer, 0.9], at[placer, TRACE_FILL]
+            lines.append(
+                f"trace {stream:<10} planner vs {placer:<17} at 0.9 arrived: 8-GPU worker slots left"
+                f" {mine['free_8gpu_slots']} vs {theirs['free_8gpu_slots']}, 4-GPU {mine['free_4gpu_slots']}"
+                f" vs {theirs['free_4gpu_slots']}, fragmentation {mine['fragmentation']:.1%} vs"
+                f" {theirs['fragmentation']:.1%}; at {TRACE_FILL} arrived: unplaced demand"
+                f" {mine_full['unplaced_demand']:.2%} vs {theirs_full['unplaced_demand']:.2%}"
             )
     return lines
 
@@ -588,14 +808,15 @@ def plot(rows: list[dict[str, Any]], cluster: str, path: Path) -> None:
     metrics = [
         ("success_rate", "gang success rate"),
         ("comm_cost_over_reference", "comm. cost / empty-cluster reference"),
+        ("mixed_products", "multi-worker jobs on mixed GPU products"),
         ("fragmentation", "fragmented share of free GPUs"),
-        ("adjacent_stages_same_rack", "adjacent stages in one rack"),
     ]
-    figure, axes = plt.subplots(1, 4, figsize=(17, 4))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(17, 4))
     for axis, (key, title) in zip(axes, metrics, strict=True):
         for placer in PLACERS:
             points = [(r["load"], r[key]) for r in rows if r["cluster"] == cluster and r["placer"] == placer]
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=placer)
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=placer)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("offered load")
         axis.grid(alpha=0.3)
@@ -608,9 +829,9 @@ def plot(rows: list[dict[str, Any]], cluster: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=1600, help="arrivals per load and cluster")
-    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
-    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=1200, help="arrivals per load and cluster")
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
+    parser.add_argument("--latency-repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer jobs and loads, for a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -620,34 +841,39 @@ def main() -> None:
     weights = {p: traffic_weights(p) for p in (1, 2, 4, 8)}
     print(HEADER, flush=True)
     rows: list[dict[str, Any]] = []
+    alibaba = alibaba_cluster()
     settings = [
         (synthetic_cluster(1000), [1, 2, 4, 8], 256, args.jobs),
-        (alibaba_cluster(), [1, 2, 4, 8], 256, args.jobs),
+        (alibaba, [1, 2, 4, 8], 256, args.jobs),
         # half the arrivals on the large cluster keep the run within minutes on two cores
         (synthetic_cluster(10_000), [1, 2, 4, 8, 16, 32, 64], 2048, args.jobs // 2),
     ]
     for cluster, replica_choices, max_gpus, job_count in settings:
         rows += run_cluster(cluster, args.loads, job_count, replica_choices, max_gpus, sizes, weights)
+    print(TRACE_HEADER, flush=True)
+    trace_rows = replay_trace(alibaba, weights)
     timing = latency(args.latency_repeats)
+    summary = [*comparison(rows), "", *trace_comparison(trace_rows), ""]
+    for label, numbers in timing.items():
+        if isinstance(numbers, dict):
+            summary.append(
+                f"latency, {label} on {timing['nodes']} nodes ({timing['gpus_in_use']:.0%} GPUs in use):"
+                f" p50 {numbers['p50_ms']:.1f} ms, p99 {numbers['p99_ms']:.1f} ms (n={numbers['repeats']})"
+            )
     lines = [
         "Planner placement benchmark",
         "",
         HEADER,
         *(format_row(r) for r in rows),
         "",
-        *comparison(rows),
+        TRACE_HEADER,
+        *(format_trace_row(r) for r in trace_rows),
         "",
+        *summary,
     ]
-    for label, numbers in timing.items():
-        if isinstance(numbers, dict):
-            lines.append(
-                f"latency, {label} on {timing['nodes']} nodes ({timing['gpus_in_use']:.0%} GPUs in use):"
-                f" p50 {numbers['p50_ms']:.1f} ms, p99 {numbers['p99_ms']:.1f} ms (n={numbers['repeats']})"
-            )
-    text = "\n".join(lines)
-    print("\n".join(lines[len(rows) + 3 :]))
+    print("\n".join(summary))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "planner_placement.txt").write_text(text + "\n")
+    (RESULTS / "planner_placement.txt").write_text("\n".join(lines) + "\n")
     document = {
         "seed": SEED,
         "worker_sizes_from_trace": sizes,
@@ -657,13 +883,16 @@ def main() -> None:
             "load_average_1m": os.getloadavg()[0],
         },
         "settings": {
-            "jobs_per_load_10000_nodes": args.jobs // 2,
             "jobs_per_load": args.jobs,
+            "jobs_per_load_10000_nodes": args.jobs // 2,
             "loads": args.loads,
+            "clusters": [cluster.name for cluster, *_ in settings],
             "nodes_per_rack": NODES_PER_RACK,
             "racks_per_block": RACKS_PER_BLOCK,
+            "trace_fill": TRACE_FILL,
         },
         "rows": rows,
+        "trace_replay": trace_rows,
         "latency": timing,
         "runtime_s": round(time.perf_counter() - started, 1),
     }

@@ -13,7 +13,7 @@ from maas_devcluster.testing import LocalCluster, wait_until
 if TYPE_CHECKING:
     from kubernetes import client as k8s
 
-# The test modules skip themselves when the `kubernetes` client is missing; so the fixtures import it lazily.
+# The fixtures import the `kubernetes` client (a test dependency) lazily, so the rest of the suite starts fast.
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip(
-    "kubernetes", reason="the cluster tests talk to the API server with the `kubernetes` client"
-)
-
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from maas_devcluster.testing import wait_until

@@ -5,11 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-pytest.importorskip(
-    "kubernetes", reason="the cluster tests talk to the API server with the `kubernetes` client"
-)
-
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from maas_devcluster.testing import LocalCluster, wait_until

@@ -5,11 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-pytest.importorskip(
-    "kubernetes", reason="the cluster tests talk to the API server with the `kubernetes` client"
-)
-
 from kubernetes import client as k8s
 from maas_devcluster.testing import wait_until
 from maas_devcluster.topology import (

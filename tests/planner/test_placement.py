@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from maas_api import parse_maasjob
 from maas_api.spec import Toleration
-from maas_operator.planner.cluster import Node, Taint
+from maas_operator.planner import build_plan
+from maas_operator.planner.cluster import Node, Taint, load_nodes
 from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
 from maas_operator.planner.reasons import PlanError, Unschedulable
 
@@ -36,6 +40,7 @@ def clusters(draw: st.DrawFn) -> tuple[list[Node], dict[str, int], GangRequest]:
                 gpus=gpus,
                 rack=f"r{rack}",
                 block=f"b{rack // 2}",
+                product=draw(st.sampled_from([H100, A100])),
                 taints=taints,
                 unschedulable=draw(st.integers(0, 9)) == 0,
             )
@@ -82,6 +87,29 @@ def test_all_or_nothing_and_never_over_committed(
     assert place_gang(shuffled, request, used).nodes == placement.nodes
 
 
+@settings(max_examples=150, deadline=None)
+@given(clusters())
+def test_a_gang_mixes_gpu_products_only_when_no_single_product_has_room(
+    case: tuple[list[Node], dict[str, int], GangRequest],
+) -> None:
+    nodes, used, request = case
+    if capacity(nodes, used, request) < len(request.workers):
+        return
+    placement = place_gang(nodes, request, used)
+    product_of = {n.name: n.gpu_product for n in nodes}
+    products = {product_of[name] for name in placement.nodes.values()}
+    room = {
+        product: capacity([n for n in nodes if n.gpu_product == product], used, request)
+        for product in (H100, A100)
+    }
+    if max(room.values()) >= len(request.workers):
+        assert len(products) == 1
+        assert room[products.pop()] >= len(request.workers)
+    else:
+        assert len(products) == 2
+        assert any("no single GPU product has room" in note for note in placement.notes)
+
+
 @settings(max_examples=100, deadline=None)
 @given(clusters(), st.data())
 def test_replan_keeps_every_worker_whose_node_survives(
@@ -121,7 +149,7 @@ def test_replan_places_displaced_workers_near_the_kept_ones() -> None:
     assert all(second.nodes[w].startswith(rack_of_lost) for w in moved)  # the spare node of the same rack
 
 
-def test_a_replica_stays_on_one_node_and_the_job_in_one_rack() -> None:
+def test_with_equal_traffic_a_replica_stays_on_one_node_and_the_job_in_one_rack() -> None:
     nodes = racks(count=2, nodes_per_rack=4)
     placement = place_gang(nodes, gang(replicas=4, stages=4))
     for r in range(4):
@@ -314,3 +342,131 @@ def test_one_node_job_fills_two_fragments_when_that_strands_less() -> None:
     ]
     placement = place_gang(nodes, gang(replicas=1, stages=4), used_gpus={"a0": 5, "a1": 7, "b0": 4})
     assert set(placement.nodes.values()) == {"a0", "a1"}
+
+
+def test_an_unset_gpu_product_keeps_the_gang_on_one_product() -> None:
+    # Rack ra holds the 8 workers exactly, but on two products; the A100 rack holds them on one.
+    nodes = [
+        node("a-h100", 8, rack="ra", product=H100),
+        node("a-a100", 8, rack="ra", product=A100),
+        node("b0", 8, rack="rb", product=A100),
+        node("b1", 8, rack="rb", product=A100),
+    ]
+    used = {"a-h100": 4, "a-a100": 4}
+    placement = place_gang(nodes, gang(replicas=4, stages=2), used_gpus=used)
+    assert {n.gpu_product for n in nodes if n.name in placement.nodes.values()} == {A100}
+    assert set(placement.nodes.values()) == {"b0"}  # one whole node of the product
+    assert any(f"every worker on GPU product {A100}" in note for note in placement.notes)
+
+
+def test_products_mix_only_when_none_has_room_and_the_notes_say_so() -> None:
+    nodes = [node("h", 4, rack="ra", product=H100), node("a", 4, rack="ra", product=A100)]
+    placement = place_gang(nodes, gang(replicas=3, stages=2))
+    assert set(placement.nodes.values()) == {"h", "a"}
+    mixed = next(note for note in placement.notes if "no single GPU product has room" in note)
+    assert "for 6 workers (the most: " in mixed and "set spec.resources.gpuProduct" in mixed
+
+
+def test_the_product_where_the_gang_lands_lowest_wins_then_the_one_stranding_least() -> None:
+    # H100 holds the 8 workers only on two nodes of two racks; A100 on one node.
+    nodes = [
+        node("h0", 4, rack="ra", product=H100),
+        node("h1", 4, rack="rb", product=H100),
+        node("a0", 8, rack="rc", product=A100),
+        node("a1", 8, rack="rc", product=A100),
+    ]
+    placement = place_gang(nodes, gang(replicas=4, stages=2))
+    assert set(placement.nodes.values()) == {"a0"}
+    # One node either way: the product that strands fewer GPUs.
+    nodes = [node("h0", 8, rack="ra", product=H100), node("a0", 8, rack="rb", product=A100)]
+    placement = place_gang(nodes, gang(replicas=1, stages=2), used_gpus={"h0": 6})
+    assert set(placement.nodes.values()) == {"h0"}
+
+
+def test_a_named_gpu_product_is_never_mixed_or_noted() -> None:
+    nodes = [node("h", 8, rack="ra", product=H100), node("a", 8, rack="ra", product=A100)]
+    placement = place_gang(nodes, gang(replicas=2, stages=2, gpu_product=A100))
+    assert set(placement.nodes.values()) == {"a"}
+    assert not any("GPU product" in note for note in placement.notes)
+
+
+def test_replan_stays_on_the_product_of_the_kept_workers() -> None:
+    nodes = [
+        node("a0", 2, rack="ra", product=A100),
+        node("a1", 2, rack="ra", product=A100),
+        node("a2", 2, rack="rb", product=A100),
+        node("h0", 8, rack="ra", product=H100),
+    ]
+    request = gang(replicas=2, stages=2)
+    first = place_gang(nodes, request, used_gpus={"h0": 6})
+    assert set(first.nodes.values()) == {"a0", "a1"}
+    lost = first.nodes["job-r0-s0"]
+    second = place_gang([n for n in nodes if n.name != lost], request, {"h0": 6}, previous=first.nodes)
+    moved = [w for w in request.workers if first.nodes[w] == lost]
+    assert {second.nodes[w] for w in moved} == {"a2"}  # not the H100 node of the same rack
+
+
+def test_a_gang_on_one_rack_of_small_nodes_beats_breaking_a_large_node_in_another_product() -> None:
+    # Both products hold the 4 workers only on two nodes of one rack; the 2-GPU nodes take them exactly,
+    # where the 8-GPU nodes (2 and 3 free) would keep a stranded GPU.
+    nodes = [
+        node("t0", 2, rack="rt", product=A100),
+        node("t1", 2, rack="rt", product=A100),
+        node("g0", 8, rack="rg", product=H100),
+        node("g1", 8, rack="rg", product=H100),
+    ]
+    placement = place_gang(nodes, gang(replicas=2, stages=2), used_gpus={"g0": 6, "g1": 5})
+    assert set(placement.nodes.values()) == {"t0", "t1"}
+
+
+def test_a_128_gpu_gang_stays_on_the_product_with_room_instead_of_the_tightest_mixed_rack() -> None:
+    # The issue's case in small: the rack that fits 128 one-GPU workers most tightly mixes 8-GPU and 2-GPU
+    # products, while a rack of one product has whole 8-GPU nodes free.
+    mixed_rack = [node(f"m-g{i:02d}", 8, rack="r-mixed", product=H100) for i in range(12)] + [
+        node(f"m-t{i:02d}", 2, rack="r-mixed", product=A100) for i in range(16)
+    ]
+    whole_rack = [node(f"w-g{i:02d}", 8, rack="r-whole", product=H100) for i in range(32)]
+    placement = place_gang(mixed_rack + whole_rack, gang(replicas=16, stages=8))
+    products = {n.gpu_product for n in mixed_rack + whole_rack if n.name in placement.nodes.values()}
+    assert products == {H100}
+    assert len(set(placement.nodes.values())) == 16  # 16 whole 8-GPU nodes of one rack
+
+
+def test_a_replan_mixes_products_only_when_the_kept_workers_product_lacks_room() -> None:
+    nodes = [
+        node("a0", 2, rack="ra", product=A100),
+        node("a1", 2, rack="ra", product=A100),
+        node("h0", 8, rack="ra", product=H100),
+    ]
+    request = gang(replicas=2, stages=2)
+    first = place_gang(nodes, request, used_gpus={"h0": 6})
+    assert set(first.nodes.values()) == {"a0", "a1"}
+    second = place_gang([n for n in nodes if n.name != "a0"], request, {"h0": 6}, previous=first.nodes)
+    assert {second.nodes[w] for w in request.workers if first.nodes[w] == "a0"} == {"h0"}
+    note = next(note for note in second.notes if "so the gang mixes" in note)
+    assert f"the kept workers' GPU product {A100} has room for 0 of the 2 displaced workers" in note
+    assert f"{A100} (2), {H100} (2)" in note
+
+
+def test_the_transformer_example_shares_nodes_by_stage_and_the_small_examples_by_replica() -> None:
+    # What the README says placement does: ranks go along the heavier traffic. Training the transformer
+    # moves 2x a stage's parameters between replicas per step, far more than the activations between stages,
+    # so each node holds the same stages of every replica; the small LargeModel keeps each pipeline whole.
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    nodes = load_nodes((examples / "nodes.yaml").read_text())
+
+    def plan_of(name: str) -> dict[tuple[int, int], str]:
+        job = parse_maasjob(yaml.safe_load((examples / name).read_text()))
+        plan = build_plan(job, nodes=nodes)
+        return {(w.replica, w.pipeline_rank): str(w.node) for w in plan.workers}
+
+    transformer = plan_of("transformer-auto.yaml")
+    replicas = {replica for replica, _ in transformer}
+    ranks = {rank for _, rank in transformer}
+    assert len(replicas) > 1 and len(ranks) > 1
+    for rank in ranks:  # every replica's copy of a stage on one node
+        assert len({transformer[replica, rank] for replica in replicas}) == 1
+    assert all(len({transformer[r, k] for k in ranks}) > 1 for r in replicas)  # no pipeline whole on a node
+    large_model = plan_of("large-model-train.yaml")
+    for replica in {replica for replica, _ in large_model}:
+        assert len({node for (r, _), node in large_model.items() if r == replica}) == 1

@@ -1,29 +1,39 @@
 """Places a job's workers on nodes: all or nothing, topology-aware, best-fit, deterministic.
 
-Every worker needs `gpus` GPUs on one node. The gang is placed in three steps:
+What it aims at: a small traffic-weighted distance between the job's workers (below) and few GPUs left
+stranded for the next jobs, by the greedy rules below (not an exact optimum), rather than a fixed layout such
+as "a replica on one node". Every worker needs `gpus` GPUs on one node. The gang is placed in four steps:
 
 1. Filter: cordoned or not-Ready nodes, untolerated NoSchedule/NoExecute taints, nodeSelector, GPU product
    and free GPUs (allocatable minus used; never over-committed). A node offers free // gpus worker slots.
-2. Choose slots in the best-fitting rack that holds the whole job (else block, else several blocks):
+2. One GPU product: with spec.resources.gpuProduct unset, the gang stays on one product whenever a single
+   product has room for it (a pipeline runs at the pace of its slowest stage); among several, the one where
+   it lands at the lowest level of step 3 (one node, rack, block), then strands the fewest GPUs, then
+   communicates least. It mixes products only when none has room, and the plan notes say so.
+3. Choose slots in the best-fitting rack that holds the whole job (else block, else several blocks):
    best fit means the domain with the fewest free slots that suffices, so used domains fill up and empty
    ones stay whole. Inside a domain the job takes the fewest children that hold it and, among those, the
    set with the least spare room (partly used nodes are filled before empty ones are broken into). A job
    that fits on one node may take the cluster's best-fitting node instead, when that strands fewer GPUs
    (FGD's fragmentation measure over the workload's worker sizes). Ties go to the smaller name. This keeps
    a job in as few nodes, racks and blocks as possible and leaves the fewest fragments behind.
-3. Assign workers to the chosen slots. Workers form lines, either replicas (a pipeline, replica-major) or
+4. Assign workers to the chosen slots. Workers form lines, either replicas (a pipeline, replica-major) or
    stages (one stage of every replica, stage-major); whole lines go to nodes that can hold them, the rest
    fill the remaining slots in order (consecutive nodes share a rack). Both orientations are scored with
-   the communication model below and the cheaper one wins (replica-major on ties), so a pipeline stays on
-   one node when activations dominate, and data-parallel peers do when gradients dominate (as in
-   Megatron-LM's default rank order, where the pipeline is the outermost dimension).
+   the communication model below and the cheaper one wins (replica-major on ties). So a replica's pipeline
+   stays on one node only when activations dominate (small models, Serve); when gradients dominate, as for
+   a transformer in training (2x a stage's parameter bytes between replicas per step against a few MB of
+   activations between stages), the same stages of every replica share a node and the data-parallel
+   all-reduce stays on the node's NVLink (Megatron-LM's default rank order, pipeline outermost, does the
+   same). Only these two orientations are compared, not every layout.
 
 Communication cost of a placement: sum over communicating pairs of weight x distance, where distance is 0
 on one node, 1 in one rack, 2 in one block, 3 otherwise; pairs are adjacent pipeline ranks of a replica
 (weight: activation traffic) and the same rank of consecutive replicas (weight: gradient traffic).
 
 Re-planning keeps every worker whose previous node still passes the filters and still has room, and only
-places the displaced ones, preferring the rack (then the block) that holds most of the kept workers.
+places the displaced ones, on the product of most kept workers when it has room, preferring the rack (then
+the block) that holds most of the kept workers.
 """
 
 from __future__ import annotations
@@ -110,6 +120,7 @@ class ClusterView:
         rack_names: list[str],
         block_of_rack: list[int],
         block_names: list[str],
+        product_of: list[str] | None = None,
     ) -> None:
         self.names = names
         self.free = free
@@ -124,15 +135,25 @@ class ClusterView:
         self.racks_of_block: list[list[int]] = [[] for _ in block_names]
         for rack, block in enumerate(block_of_rack):
             self.racks_of_block[block].append(rack)
+        self.product_of = product_of if product_of is not None else [""] * len(names)
+        """Each node's GPU product label ("": unlabelled, a product of its own)."""
         self._index: dict[str, int] | None = None
+        self._products: dict[str, list[int]] | None = None
+        self._product_views: dict[str, ClusterView] = {}
         self.worker_size_mix: Mapping[int, float] = DEFAULT_WORKER_SIZE_MIX
         """GPU demand by worker size (FGD's workload): what counts as a fragment."""
 
     @classmethod
     def from_labels(
-        cls, names: list[str], free: list[int], racks: list[str], blocks: list[str]
+        cls,
+        names: list[str],
+        free: list[int],
+        racks: list[str],
+        blocks: list[str],
+        products: list[str] | None = None,
     ) -> ClusterView:
-        """A view from per-node rack and block names (benchmarks and tests build clusters this way)."""
+        """A view from per-node rack, block and GPU product names (benchmarks and tests build clusters
+        this way)."""
         rack_ids: dict[str, int] = {}
         block_ids: dict[str, int] = {}
         block_of_rack: list[int] = []
@@ -143,13 +164,55 @@ class ClusterView:
                 rack_id = rack_ids[rack] = len(rack_ids)
                 block_of_rack.append(block_ids.setdefault(block, len(block_ids)))
             rack_of.append(rack_id)
-        return cls(names, free, rack_of, list(rack_ids), block_of_rack, list(block_ids))
+        return cls(names, free, rack_of, list(rack_ids), block_of_rack, list(block_ids), products)
 
     @property
     def index(self) -> dict[str, int]:
         if self._index is None:
             self._index = {name: i for i, name in enumerate(self.names)}
         return self._index
+
+    def products(self) -> dict[str, list[int]]:
+        """Product -> its nodes (built once: nodes and their labels do not change, free GPUs do)."""
+        if self._products is None:
+            nodes_of: dict[str, list[int]] = defaultdict(list)
+            for node, product in enumerate(self.product_of):
+                nodes_of[product].append(node)
+            self._products = dict(nodes_of)
+        return self._products
+
+    def product_view(self, product: str) -> tuple[list[int], ClusterView]:
+        """The nodes of one product and a view of them with this view's current free GPUs."""
+        nodes = self.products()[product]
+        view = self._product_views.get(product)
+        if view is None:
+            view = self._product_views[product] = self._restricted(nodes)
+        view.free = [self.free[node] for node in nodes]
+        view.worker_size_mix = self.worker_size_mix
+        return nodes, view
+
+    def _restricted(self, nodes: Sequence[int]) -> ClusterView:
+        """A view of some nodes, whose racks and blocks keep their names and membership."""
+        rack_ids: dict[int, int] = {}
+        block_ids: dict[int, int] = {}
+        block_of_rack: list[int] = []
+        rack_of: list[int] = []
+        for node in nodes:
+            rack = self.rack_of[node]
+            rack_id = rack_ids.get(rack)
+            if rack_id is None:
+                rack_id = rack_ids[rack] = len(rack_ids)
+                block_of_rack.append(block_ids.setdefault(self.block_of_rack[rack], len(block_ids)))
+            rack_of.append(rack_id)
+        return ClusterView(
+            [self.names[node] for node in nodes],
+            [self.free[node] for node in nodes],
+            rack_of,
+            [self.rack_names[rack] for rack in rack_ids],
+            block_of_rack,
+            [self.block_names[block] for block in block_ids],
+            [self.product_of[node] for node in nodes],
+        )
 
     def distance(self, a: int, b: int) -> int:
         if a == b:
@@ -179,6 +242,7 @@ def filter_nodes(nodes: Sequence[Node], request: GangRequest, used_gpus: Mapping
     excluded: dict[str, list[str]] = defaultdict(list)
     kept: list[Node] = []
     free: list[int] = []
+    product_of: list[str] = []
     rack_of: list[int] = []
     rack_ids: dict[str, int] = {}
     block_ids: dict[str, int] = {}
@@ -210,8 +274,9 @@ def filter_nodes(nodes: Sequence[Node], request: GangRequest, used_gpus: Mapping
             if missing is not None:
                 excluded[f"spec.placement.nodeSelector {missing[0]}={missing[1]}"].append(node.name)
                 continue
-        if product is not None and labels.get(GPU_PRODUCT_LABEL) != product:
-            found = labels.get(GPU_PRODUCT_LABEL) or "unlabelled"
+        node_product = labels.get(GPU_PRODUCT_LABEL) or ""
+        if product is not None and node_product != product:
+            found = node_product or "unlabelled"
             excluded[f"GPU product {found} (spec.resources.gpuProduct wants {product})"].append(node.name)
             continue
         if node.gpus == 0:
@@ -219,6 +284,7 @@ def filter_nodes(nodes: Sequence[Node], request: GangRequest, used_gpus: Mapping
             continue
         kept.append(node)
         free.append(max(0, node.gpus - used(node.name, 0)))
+        product_of.append(node_product)
         # A node without rack (block) label is a rack (block) of its own: unknown means far.
         rack = (labels.get(rack_key) if rack_key else None) or f"node/{node.name}"
         rack_id = rack_ids.get(rack)
@@ -227,7 +293,9 @@ def filter_nodes(nodes: Sequence[Node], request: GangRequest, used_gpus: Mapping
             block = (labels.get(block_key) if block_key else None) or f"rack/{rack}"
             block_of_rack.append(block_ids.setdefault(block, len(block_ids)))
         rack_of.append(rack_id)
-    view = ClusterView([n.name for n in kept], free, rack_of, list(rack_ids), block_of_rack, list(block_ids))
+    view = ClusterView(
+        [n.name for n in kept], free, rack_of, list(rack_ids), block_of_rack, list(block_ids), product_of
+    )
     return _Filtered(view, kept, dict(excluded))
 
 
@@ -498,14 +566,10 @@ def place_on_view(
     view.free = free
     try:
         node_of = dict(kept_nodes)
-        if displaced and not kept_nodes:
-            node_of.update(enumerate(_assign(view, request, choose_slots(view, len(displaced), gpus))))
-        elif displaced:
-            slots = choose_slots(
-                view, len(displaced), gpus, _scope_near(view, kept_nodes.values(), len(displaced), gpus)
-            )
-            sequence = [node for node, count in slots for _ in range(count)]
-            node_of.update(zip(displaced, sequence, strict=True))
+        product_note = None
+        if displaced:
+            placed, product_note = _place_displaced(view, request, kept_nodes, displaced)
+            node_of.update(placed)
     finally:
         view.free = saved_free
     for node in node_of.values():
@@ -513,9 +577,109 @@ def place_on_view(
     assert min(view.free, default=0) >= 0, "placement over-committed a node"
     placement = {request.workers[w]: view.names[node] for w, node in node_of.items()}
     kept = tuple(request.workers[w] for w in sorted(kept_nodes))
-    return Placement(
-        placement, kept, tuple(_placement_notes(view, request, node_of, len(kept), len(displaced)))
+    notes = _placement_notes(view, request, node_of, len(kept), len(displaced))
+    if product_note:
+        notes.append(product_note)
+    return Placement(placement, kept, tuple(notes))
+
+
+def _place_in(
+    view: ClusterView, request: GangRequest, kept_nodes: Mapping[int, int], displaced: list[int]
+) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """Worker -> node for the displaced workers on `view`, and the (node, workers) slots taken."""
+    gpus = request.gpus_per_worker
+    if not kept_nodes:
+        slots = choose_slots(view, len(displaced), gpus)
+        return dict(enumerate(_assign(view, request, slots))), slots
+    scope = _scope_near(view, kept_nodes.values(), len(displaced), gpus)
+    slots = choose_slots(view, len(displaced), gpus, scope)
+    sequence = [node for node, count in slots for _ in range(count)]
+    return dict(zip(displaced, sequence, strict=True)), slots
+
+
+def _place_displaced(
+    view: ClusterView, request: GangRequest, kept_nodes: Mapping[int, int], displaced: list[int]
+) -> tuple[dict[int, int], str | None]:
+    """Worker -> node for the displaced workers, on one GPU product when the request names none.
+
+    A pipeline runs at the pace of its slowest stage and data-parallel replicas wait for the slowest one, so
+    a gang mixes products only when no single product has room for it. Several products with room: the same
+    rule as `choose_slots` one level up: the product where the gang lands at the lowest level (one node, one
+    rack, one block), then strands the fewest GPUs, then communicates least, then has the fewest free slots
+    (best fit, so the large pools stay whole), then the smaller name. A re-plan stays on the product of
+    most kept workers when it has room. Returns the assignment and a note when the product was chosen or
+    mixed.
+    """
+    products = {} if request.gpu_product is not None else view.products()
+    if len(products) < 2:
+        return _place_in(view, request, kept_nodes, displaced)[0], None
+    gpus, need = request.gpus_per_worker, len(displaced)
+    room = {product: sum(view.free[n] // gpus for n in nodes) for product, nodes in products.items()}
+    candidates = [product for product, slots in room.items() if slots >= need]
+    if kept_nodes:
+        kept_product = Counter(view.product_of[n] for n in kept_nodes.values()).most_common(1)[0][0]
+        short = (
+            f"the kept workers' GPU product {_product_name(kept_product)} has room for"
+            f" {room[kept_product]} of the {plural(need, 'displaced worker')}"
+        )
+        candidates = [kept_product] if kept_product in candidates else []
+    else:
+        roomiest = min(room, key=lambda product: (-room[product], product))
+        short = (
+            f"no single GPU product has room for {plural(need, 'worker')} (the most:"
+            f" {_product_name(roomiest)}, {room[roomiest]})"
+        )
+    if not candidates:
+        placed = _place_in(view, request, kept_nodes, displaced)[0]
+        mix = Counter(view.product_of[node] for node in {**kept_nodes, **placed}.values())
+        return placed, (
+            f"placement: {short}, so the gang mixes"
+            f" {list_some(f'{_product_name(p)} ({n})' for p, n in mix.most_common())}; it runs at the pace of"
+            " its slowest GPU (set spec.resources.gpuProduct to wait for one product instead)"
+        )
+    best: tuple[tuple[int, float, float, int, str], dict[int, int]] | None = None
+    for product in candidates:
+        nodes, sub = view.product_view(product)
+        position = {node: i for i, node in enumerate(nodes)} if kept_nodes else {}
+        sub_kept = {w: position[n] for w, n in kept_nodes.items() if n in position}
+        placed_sub, slots_sub = _place_in(sub, request, sub_kept, displaced)
+        placed = {worker: nodes[node] for worker, node in placed_sub.items()}
+        if len(candidates) == 1:
+            best = ((0, 0.0, 0.0, 0, product), placed)
+            break
+        slots = [(nodes[node], count) for node, count in slots_sub]
+        everyone = {**kept_nodes, **placed}
+        score = (
+            _spread(view, slots),
+            fragmentation_change(view, slots, gpus),
+            communication_cost(view, request, [everyone[w] for w in range(len(request.workers))]),
+            room[product],
+            product,
+        )
+        if best is None or score < best[0]:
+            best = (score, placed)
+    assert best is not None
+    chosen = best[0][-1]
+    others = len(products) - 1
+    return best[1], (
+        f"placement: every worker on GPU product {_product_name(chosen)} (spec.resources.gpuProduct unset;"
+        f" {plural(others, 'other product')} on the nodes, not mixed: a pipeline runs at the pace of its"
+        " slowest GPU)"
     )
+
+
+def _spread(view: ClusterView, slots: Iterable[tuple[int, int]]) -> int:
+    """The topology level that holds all the slots: SAME_NODE, SAME_RACK, SAME_BLOCK or FAR."""
+    nodes = {node for node, _ in slots}
+    if len(nodes) == 1:
+        return SAME_NODE
+    if len({view.rack_of[node] for node in nodes}) == 1:
+        return SAME_RACK
+    return SAME_BLOCK if len({view.block_of[node] for node in nodes}) == 1 else FAR
+
+
+def _product_name(product: str) -> str:
+    return product or "unlabelled"
 
 
 def _scope_near(view: ClusterView, kept: Iterable[int], need: int, gpus: int) -> tuple[str, int] | None:
