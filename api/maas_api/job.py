@@ -9,7 +9,6 @@ defaulted), checks metadata as Kubernetes does, and runs the same rules. So `maa
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import datetime
 from functools import cache
@@ -225,14 +224,8 @@ def _error_line(error: ErrorDetails) -> str:
 
 # --- Reading a manifest as the API server reads it ------------------------------------------------------
 
-_JSON_INTEGER_LIMIT = 2**53 - 1
-"""The API server takes a JSON number with a fraction (`2.0`) for an integer field's value if it is whole and
-within 2^53 (go-openapi's swag.IsFloat64AJSONInteger, then an exact check against the field's bounds); an
-int-or-string field takes no such number (its CEL rules cannot read it)."""
-
-
-def _is_whole_json_number(number: float) -> bool:
-    return math.isfinite(number) and number.is_integer() and abs(number) <= _JSON_INTEGER_LIMIT
+INT64_RANGE = range(-(2**63), 2**63)
+"""The API server reads a JSON integer outside int64 as a float (and then refuses it where an integer belongs)."""
 
 
 def _child_schema(schema: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -246,8 +239,14 @@ def _child_schema(schema: dict[str, Any], key: str) -> dict[str, Any] | None:
 
 def _as_the_api_server_reads(value: Any, schema: dict[str, Any] | None) -> Any:
     """The value the API server validates: a null without `nullable` is pruned (the field's default then
-    applies, as the models' default does), and a whole float where an integer belongs is that integer."""
+    applies, as the models' default does), and an integer beyond int64 is a float."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT64_RANGE:
+        return float(value)
     if schema is None:  # unknown or free-form: the models judge it as given
+        if isinstance(value, dict):
+            return {key: _as_the_api_server_reads(item, None) for key, item in value.items()}
+        if isinstance(value, list):
+            return [_as_the_api_server_reads(item, None) for item in value]
         return value
     if isinstance(value, dict) and ("properties" in schema or "additionalProperties" in schema):
         read = {}
@@ -259,9 +258,7 @@ def _as_the_api_server_reads(value: Any, schema: dict[str, Any] | None) -> Any:
         return read
     if isinstance(value, list) and "items" in schema:
         return [_as_the_api_server_reads(item, schema["items"]) for item in value]
-    if isinstance(value, float) and schema.get("type") == "integer" and _is_whole_json_number(value):
-        return int(value)
-    return value
+    return _as_the_api_server_reads(value, None)
 
 
 def _metadata_as_the_api_server_reads(metadata: Any) -> Any:
