@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from typing import Any, Literal
 
@@ -281,11 +281,17 @@ def _wire_schema() -> dict[str, Any]:
     return schema
 
 
+def _as_json_text(value: object) -> str:
+    """PyYAML's dates and timestamps as the strings kubectl sends for them (see maas_api.manifest_yaml)."""
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON data")
+
+
 def _json_text(manifest: dict[str, Any]) -> str:
     try:
-        # YAML may hold dates and timestamps; on the wire (kubectl) they are strings.
-        return json.dumps(manifest, default=str)
-    except ValueError as error:  # circular structures
+        return json.dumps(manifest, default=_as_json_text)
+    except (TypeError, ValueError) as error:  # other objects, circular structures
         raise ManifestError([f"the manifest is not JSON data: {error}"]) from error
 
 

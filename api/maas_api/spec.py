@@ -22,6 +22,7 @@ from maas_api.limits import (
     MAX_RESTARTS,
     MAX_SAFE_INTEGER,
     MAX_SECONDS,
+    MAX_STAGES,
     MAX_STEPS,
     MAX_SYNTHETIC_SAMPLES,
     MAX_TASK_HEADS,
@@ -59,7 +60,9 @@ def _stages(value: object) -> object:
     """One clear message for `stages` instead of one per member of the `int | "auto"` union."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
         return value
-    raise ValueError(f"{value!r} is not a stage count: use a whole number >= 1 or the string auto")
+    raise ValueError(
+        f"{value!r} is not a stage count: use a whole number from 1 to {MAX_STAGES} or the string auto"
+    )
 
 
 # The range 1..MAX_STAGES is the rule stages-positive-or-auto (an int-or-string field carries no `maximum`).
@@ -100,6 +103,7 @@ Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
     # Kubernetes accepts `cpu: 4` as well as `cpu: "4"`: int-or-string, checked with CEL's quantity library.
+    # A JSON number with a fraction (`cpu: 0.5`) is neither, and the API server refuses it: so do the models.
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],

@@ -30,20 +30,31 @@ pytest.importorskip(
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from maas_api import GROUP, PLURAL, VERSION, ManifestError, parse_maasjob
+from maas_api.manifest_yaml import ManifestYAMLError, load_manifests
+from maas_devcluster.testing import LocalCluster
 from pydantic.alias_generators import to_snake
 
-from tests.cluster.test_maasjob_crd import maasjob_crd
 from tests.manifests import CRD_PATH, load_examples
 
 pytestmark = pytest.mark.cluster
-
-__all__ = ["maasjob_crd"]  # the fixture that installs the CRD, shared with the CRD tests
 
 SAMPLE_SIZE = 400
 """Mutations sent per run: every kind of mutation on every example, a fixed sample of the places."""
 SAMPLE_SEED = 8
 
 Path = tuple[str | int, ...]
+
+
+@pytest.fixture(scope="module")
+def maasjob_crd(cluster: LocalCluster) -> dict[str, Any]:
+    """The committed CRD, installed and served. Left installed: the cluster goes at the end of the session,
+    and another module's teardown may still be deleting it when this one starts (hence the wait)."""
+    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    name = f"crd/{crd['metadata']['name']}"
+    cluster.kubectl("wait", "--for=delete", "--timeout=60s", name, check=False)
+    cluster.kubectl("apply", "--server-side", "-f", CRD_PATH)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+    return crd
 
 
 @dataclass(frozen=True)
@@ -355,3 +366,45 @@ def test_rules_do_not_divide_by_zero(
     assert not server.accepted and not models.accepted
     assert "by zero" not in server.detail, server.detail
     assert {"spec.split.stages", "spec.parallelism.stagesPerWorker"} & set(models.fields) & set(server.fields)
+
+
+YAML_SCALARS = [
+    "training: {steps: 1e3}",
+    "split: {stages: 2.0}",
+    "training: {batchSize: 0x20}",
+    "training: {steps: 017}",
+    "training: {steps: 08}",
+    "training: {steps: 1_000}",
+    "training: {learningRate: .5}",
+    "runPolicy: {suspend: y}",
+    "runPolicy: {suspend: on}",
+    "runPolicy: {suspend: NO}",
+    "image: 2024-01-01",
+    "image: 2001-12-14t21:59:43.10-05:00",
+    "image: 1:30",
+    "image: 1e3",
+    "resources: {cpu: 0.5}",
+    "training: {steps: '200'}",
+    "training: {steps: 1.5e3}",
+    "training: {steps: 1e30}",
+]
+
+
+@pytest.mark.parametrize("fragment", YAML_SCALARS)
+def test_kubectl_and_maas_plan_read_yaml_alike(
+    cluster: LocalCluster, maasjob_crd: dict[str, Any], namespace: str, fragment: str
+) -> None:
+    text = (
+        f"apiVersion: {GROUP}/{VERSION}\nkind: MaaSJob\nmetadata: {{name: yaml, namespace: {namespace}}}\n"
+        f"spec:\n  mode: Train\n  model: {{catalog: LargeModel}}\n  {fragment}\n"
+    )
+    created = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=text, check=False)
+    try:
+        models = _ask_models(next(load_manifests(text)))
+    except ManifestYAMLError as error:
+        models = Verdict(False, frozenset(), str(error))
+
+    assert (created.returncode == 0) == models.accepted, f"kubectl: {created.stderr}; models: {models.detail}"
+    if models.accepted:
+        assert models.stored is not None
+        assert parse_maasjob(json.loads(created.stdout)).model_dump()["spec"] == models.stored["spec"]
