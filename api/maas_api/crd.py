@@ -135,7 +135,10 @@ WHOLE_NUMBER_RULE = {
 
 def _integers_are_json_integers(node: Schema) -> None:
     if node.get("type") == "integer":
-        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), WHOLE_NUMBER_RULE]
+        node["x-kubernetes-validations"] = [
+            *node.get("x-kubernetes-validations", []),
+            dict(WHOLE_NUMBER_RULE),
+        ]
     for child in node.get("properties", {}).values():
         _integers_are_json_integers(child)
     for key in ("items", "additionalProperties"):
