@@ -3,9 +3,11 @@
 Each example is mutated one place at a time (types swapped, numbers as strings and strings as numbers, whole
 and fractional floats, out-of-range numbers, nulls, snake_case and capitalised keys, unknown fields, invalid
 metadata), sent to the real API server with the committed CRD (server-side dry run, strict field validation)
-and to `parse_maasjob`. Both must accept or both reject; when both reject, every field the models name must
-be one the API server names; when both accept, the object the API server would store must parse to the same
-spec (the operator parses what the API server stored, so it must never fail on it).
+and to `parse_maasjob`. Both must accept or both reject; when both reject, they must name a field in common
+(the models may name more: a misspelt key is unknown, and the field it meant is then missing); when both
+accept, the object the API server would store must parse to the same spec (the operator parses what the API
+server stored, so it must never fail on it). YAML is compared too: `kubectl create` against
+`maas_api.manifest_yaml`, which `maas plan` reads manifests with.
 """
 
 from __future__ import annotations
