@@ -50,6 +50,8 @@ _CARRIED_KEYS = (
     "x-kubernetes-int-or-string",
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 )
 
 
@@ -121,8 +123,32 @@ def model_schema(model: type[BaseModel]) -> Schema:
     return schema
 
 
+# The API server takes a whole JSON float (`2.0`) for an integer field, but CEL rules then fail on it with
+# "expected int, got float64" (and so does the scale subresource on replicas): this rule on every integer
+# of the spec refuses such a number everywhere, with one message, as the models do. (kubectl sends YAML's
+# `2.0` and `1e3` as JSON integers; see maas_api.manifest_yaml.)
+WHOLE_NUMBER_RULE = {
+    "rule": "type(self) == int",
+    "message": "must be a whole number written as one (2, not 2.0)",
+}
+
+
+def _integers_are_json_integers(node: Schema) -> None:
+    if node.get("type") == "integer":
+        node["x-kubernetes-validations"] = [
+            *node.get("x-kubernetes-validations", []),
+            dict(WHOLE_NUMBER_RULE),
+        ]
+    for child in node.get("properties", {}).values():
+        _integers_are_json_integers(child)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            _integers_are_json_integers(node[key])
+
+
 def spec_schema() -> Schema:
     schema = model_schema(MaaSJobSpec)
+    _integers_are_json_integers(schema)
     schema["x-kubernetes-validations"] = [
         {
             "rule": rule.cel,

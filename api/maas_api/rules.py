@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from pydantic.alias_generators import to_snake
 
+from maas_api.limits import MAX_STAGES
+
 if TYPE_CHECKING:
     from maas_api.spec import MaaSJobSpec
 
@@ -79,10 +81,11 @@ SPEC_RULES: tuple[SpecRule, ...] = (
     SpecRule(
         name="stages-positive-or-auto",
         field_path="split.stages",
-        cel="type(self.split.stages) == int ? self.split.stages >= 1 : self.split.stages == 'auto'",
-        message="split.stages must be a whole number >= 1 or the string auto",
-        # Python's type check already rejects other strings; the integer bound is checked here.
-        holds=lambda s: s.split.stages == "auto" or s.split.stages >= 1,
+        cel="type(self.split.stages) == int"
+        f" ? self.split.stages >= 1 && self.split.stages <= {MAX_STAGES} : self.split.stages == 'auto'",
+        message=f"split.stages must be a whole number from 1 to {MAX_STAGES} or the string auto",
+        # Python's type check already rejects other strings; the integer range is checked here.
+        holds=lambda s: s.split.stages == "auto" or 1 <= s.split.stages <= MAX_STAGES,
     ),
     SpecRule(
         name="auto-needs-gpu-budget",
@@ -105,6 +108,19 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         message="split.heads is only used by split.strategy Task: remove it or set strategy Task",
         holds=lambda s: s.split.heads is None or s.split.strategy == "Task",
     ),
+    SpecRule(
+        name="heads-are-the-profile-heads",
+        field_path="split.heads",
+        cel="!has(self.split.heads) || !has(self.model.profile)"
+        " || (self.split.heads.all(h, self.model.profile.exists(u, u.name == h && u.head))"
+        " && self.model.profile.all(u, !u.head || u.name in self.split.heads))",
+        message="split.heads must name exactly the units of model.profile that have head: true",
+        holds=lambda s: (
+            s.split.heads is None
+            or s.model.profile is None
+            or set(s.split.heads) == {unit.name for unit in s.model.profile if unit.head}
+        ),
+    ),
     _replica_bound("min-le-max-replicas", "minReplicas", "maxReplicas", field="minReplicas"),
     _replica_bound("min-le-replicas", "minReplicas", "replicas", field="replicas"),
     _replica_bound("replicas-le-max", "replicas", "maxReplicas", field="replicas"),
@@ -120,17 +136,24 @@ SPEC_RULES: tuple[SpecRule, ...] = (
     SpecRule(
         name="stages-multiple-of-stages-per-worker",
         field_path="split.stages",
-        cel="type(self.split.stages) != int || self.split.stages % self.parallelism.stagesPerWorker == 0",
+        # The guard keeps CEL from a modulus by zero when stagesPerWorker is already out of range.
+        cel="type(self.split.stages) != int || self.parallelism.stagesPerWorker < 1"
+        " || self.split.stages % self.parallelism.stagesPerWorker == 0",
         message="split.stages must be a multiple of parallelism.stagesPerWorker (each worker runs that many)",
         holds=lambda s: (
-            _fixed_stages(s) is None or (_fixed_stages(s) or 0) % s.parallelism.stages_per_worker == 0
+            _fixed_stages(s) is None
+            or s.parallelism.stages_per_worker < 1
+            or (_fixed_stages(s) or 0) % s.parallelism.stages_per_worker == 0
         ),
     ),
     SpecRule(
         name="interleaved-microbatches-per-round",
         field_path="parallelism.microbatches",
+        # Fewer stages than stagesPerWorker is the rule above's error; the guard keeps CEL from a modulus
+        # by zero there.
         cel="self.parallelism.schedule != 'Interleaved1F1B' || !has(self.parallelism.microbatches)"
-        " || type(self.split.stages) != int"
+        " || type(self.split.stages) != int || self.parallelism.stagesPerWorker < 1"
+        " || self.split.stages < self.parallelism.stagesPerWorker"
         " || self.parallelism.microbatches % (self.split.stages / self.parallelism.stagesPerWorker) == 0",
         message="Interleaved1F1B runs microbatches in rounds of one per worker: parallelism.microbatches must be"
         " a multiple of split.stages / parallelism.stagesPerWorker",
@@ -138,8 +161,9 @@ SPEC_RULES: tuple[SpecRule, ...] = (
             s.parallelism.schedule != "Interleaved1F1B"
             or s.parallelism.microbatches is None
             or _fixed_stages(s) is None
-            or s.parallelism.microbatches % max(1, (_fixed_stages(s) or 0) // s.parallelism.stages_per_worker)
-            == 0
+            or s.parallelism.stages_per_worker < 1
+            or (_fixed_stages(s) or 0) < s.parallelism.stages_per_worker
+            or s.parallelism.microbatches % ((_fixed_stages(s) or 0) // s.parallelism.stages_per_worker) == 0
         ),
     ),
     SpecRule(
@@ -182,9 +206,16 @@ SPEC_RULES: tuple[SpecRule, ...] = (
     SpecRule(
         name="training-only-for-train",
         field_path="training",
-        cel="self.mode == 'Train' || (!has(self.training) && !has(self.checkpoint))",
-        message="training and checkpoint are only used in mode Train: remove them or set mode Train",
-        holds=lambda s: s.mode == "Train" or (s.training is None and s.checkpoint is None),
+        cel="self.mode == 'Train' || !has(self.training)",
+        message="training is only used in mode Train: remove it or set mode Train",
+        holds=lambda s: s.mode == "Train" or s.training is None,
+    ),
+    SpecRule(
+        name="checkpoint-only-for-train",
+        field_path="checkpoint",
+        cel="self.mode == 'Train' || !has(self.checkpoint)",
+        message="checkpoint is only used in mode Train: remove it or set mode Train",
+        holds=lambda s: s.mode == "Train" or s.checkpoint is None,
     ),
     SpecRule(
         name="data-one-source",

@@ -6,10 +6,32 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from maas_api.base import ApiModel
+from maas_api.limits import (
+    MAX_BACKOFF_SECONDS,
+    MAX_BATCH_SIZE,
+    MAX_CLUSTER_PODS,
+    MAX_EXIT_CODE,
+    MAX_GPU_BUDGET,
+    MAX_GPUS_PER_WORKER,
+    MAX_PROFILE_UNITS,
+    MAX_RESTARTS,
+    MAX_SAFE_INTEGER,
+    MAX_SECONDS,
+    MAX_STAGES,
+    MAX_STEPS,
+    MAX_SYNTHETIC_SAMPLES,
+    MAX_TASK_HEADS,
+    MAX_UNIT_ACTIVATION_BYTES,
+    MAX_UNIT_FLOPS_PER_SAMPLE,
+    MAX_UNIT_NAME_LENGTH,
+    MAX_UNIT_PARAMS,
+    MAX_UNIT_TIME_MS,
+)
 from maas_api.rules import SPEC_RULES
 
 # Kubernetes' resource.Quantity grammar (k8s.io/apimachinery/pkg/api/resource).
@@ -19,14 +41,17 @@ QUANTITY_PATTERN = re.compile(
 FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+SafeInteger = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+
 
 def _quantity(value: object) -> object:
-    """Accept `4` as well as `"4"`, as Kubernetes does, and check the quantity grammar."""
-    if isinstance(value, bool):
-        raise ValueError("must be a quantity such as 4, 500m or 16Gi, not a boolean")
-    if isinstance(value, int | float):
-        value = str(value)
-    if isinstance(value, str) and not QUANTITY_PATTERN.match(value):
+    """Accept `4` as well as `"4"`, as the CRD's int-or-string does, and check the quantity grammar."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            f'{value!r} is not a quantity: write a whole number (4) or a string ("0.5", 500m, 16Gi)'
+        )
+    value = str(value)
+    if not QUANTITY_PATTERN.match(value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 4, 500m, 16Gi)")
     return value
 
@@ -35,15 +60,50 @@ def _stages(value: object) -> object:
     """One clear message for `stages` instead of one per member of the `int | "auto"` union."""
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
         return value
-    raise ValueError(f"{value!r} is not a stage count: use a whole number >= 1 or the string auto")
+    raise ValueError(
+        f"{value!r} is not a stage count: use a whole number from 1 to {MAX_STAGES} or the string auto"
+    )
 
 
+# The range 1..MAX_STAGES is the rule stages-positive-or-auto (an int-or-string field carries no `maximum`).
 StageCount = Annotated[int | Literal["auto"], BeforeValidator(_stages)]
+
+
+UnitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$", max_length=MAX_UNIT_NAME_LENGTH)]
+
+
+def _unique(values: list[Any], key: str | None = None) -> list[Any]:
+    """Like the API server's check of a list of type set or map: each value (or key) at most once."""
+    seen: set[Any] = set()
+    for index, value in enumerate(values):
+        name = getattr(value, key) if key else value
+        if name in seen:
+            described = f"{key} {name!r}" if key else repr(name)
+            # `index` lets error formatting name the item, as the API server does (`profile[3]`).
+            message = f"Duplicate value: {described} appears twice"
+            raise PydanticCustomError("duplicate_item", "{message}", {"index": index, "message": message})
+        seen.add(name)
+    return values
+
+
+def _unique_units(units: list[UnitProfile] | None) -> list[UnitProfile] | None:
+    return None if units is None else _unique(units, key="name")
+
+
+def _unique_names(names: list[str] | None) -> list[str] | None:
+    return None if names is None else _unique(names)
+
+
+# Unit names are `nn.ModuleDict` keys and head names pick units: duplicates are errors on both sides (the
+# API server checks `x-kubernetes-list-type`, the models the validator).
+UNIQUE_UNIT_LIST: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+UNIQUE_NAME_LIST: JsonDict = {"x-kubernetes-list-type": "set"}
 
 Quantity = Annotated[
     str,
     BeforeValidator(_quantity),
     # Kubernetes accepts `cpu: 4` as well as `cpu: "4"`: int-or-string, checked with CEL's quantity library.
+    # A JSON number with a fraction (`cpu: 0.5`) is neither, and the API server refuses it: so do the models.
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -73,19 +133,19 @@ class CatalogModel(StrEnum):
 class UnitProfile(ApiModel):
     """Cost of one unit of a model: a layer, a named sub-module, or a task head."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$", max_length=128)
+    name: UnitName
     """Unit name: a key of the model's `nn.ModuleDict` (no dots), e.g. `block_0` or `head_classify`."""
     group: str | None = None
     """Named child module this unit belongs to (e.g. `encoder`); the SubModel split keeps groups whole."""
     head: bool = False
     """True for a task head (Task split): heads run after the trunk, each on its own outputs."""
-    params: int = Field(ge=0)
+    params: int = Field(ge=0, le=MAX_UNIT_PARAMS)
     """Number of parameters."""
-    flops_per_sample: float = Field(ge=0)
+    flops_per_sample: float = Field(ge=0, le=MAX_UNIT_FLOPS_PER_SAMPLE)
     """Forward FLOPs for one sample (backward is taken as twice this)."""
-    activation_bytes_per_sample: int = Field(ge=0)
+    activation_bytes_per_sample: int = Field(ge=0, le=MAX_UNIT_ACTIVATION_BYTES)
     """Bytes of this unit's output for one sample: what crosses to the next stage, and what training keeps."""
-    time_ms_per_sample: float | None = Field(default=None, ge=0)
+    time_ms_per_sample: float | None = Field(default=None, ge=0, le=MAX_UNIT_TIME_MS)
     """Measured forward time for one sample in milliseconds (used by balanceBy=time)."""
 
 
@@ -99,9 +159,11 @@ class ModelSpec(ApiModel):
     `nn.ModuleDict` of units in execution order. The operator never imports it; give `profile` too."""
     args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the catalog model or the factory (e.g. `{layers: 8, width: 512}`)."""
-    profile: list[UnitProfile] | None = Field(default=None, min_length=1)
-    """Per-unit costs, in execution order. Required for factory models (print it with `maas profile`);
-    catalog models are profiled by the operator."""
+    profile: Annotated[list[UnitProfile] | None, AfterValidator(_unique_units)] = Field(
+        default=None, min_length=1, max_length=MAX_PROFILE_UNITS, json_schema_extra=UNIQUE_UNIT_LIST
+    )
+    """Per-unit costs, in execution order, each unit name once. Required for factory models (print it with
+    `maas profile`); catalog models are profiled by the operator."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter and activation dtype on the workers (sets the bytes per value in memory estimates)."""
 
@@ -129,8 +191,10 @@ class SplitSpec(ApiModel):
     """Number of pipeline stages (>= 1), or `auto` to let the planner choose within parallelism.gpuBudget."""
     balance_by: BalanceBy = BalanceBy.FLOPS
     """Cost that the split balances across stages: params, flops, memory or time (measured)."""
-    heads: list[str] | None = Field(default=None, min_length=1)
-    """Task split: names of the head units (each must be in the model's profile)."""
+    heads: Annotated[list[UnitName] | None, AfterValidator(_unique_names)] = Field(
+        default=None, min_length=1, max_length=MAX_TASK_HEADS, json_schema_extra=UNIQUE_NAME_LIST
+    )
+    """Task split: names of the head units, each once (with model.profile: exactly its units with head true)."""
 
 
 class PipelineSchedule(StrEnum):
@@ -142,20 +206,20 @@ class PipelineSchedule(StrEnum):
 class ParallelismSpec(ApiModel):
     """Data-parallel replicas of the pipeline, and how the pipeline is scheduled."""
 
-    replicas: int | None = Field(default=None, ge=1)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_CLUSTER_PODS)
     """Data-parallel replicas of the whole pipeline (the scale subresource). Unset: 1, or the planner's
     choice when split.stages is auto."""
-    min_replicas: int | None = Field(default=None, ge=1)
+    min_replicas: int | None = Field(default=None, ge=1, le=MAX_CLUSTER_PODS)
     """Elastic lower bound: the job keeps running with at least this many replicas."""
-    max_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1, le=MAX_CLUSTER_PODS)
     """Elastic upper bound for replicas."""
     schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
     """Pipeline schedule from torch.distributed.pipelining: GPipe, 1F1B or Interleaved1F1B."""
-    microbatches: int | None = Field(default=None, ge=1)
+    microbatches: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
     """Microbatches per step. Unset: the planner chooses (bubble (p-1)/(m+p-1) under about 20%)."""
     stages_per_worker: int = Field(default=1, ge=1, le=8)
     """Virtual stages per worker (Interleaved1F1B only; 1 otherwise)."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=MAX_GPU_BUDGET)
     """Total GPUs the planner may use when split.stages is auto."""
 
 
@@ -167,9 +231,9 @@ class DataDistribution(StrEnum):
 class SyntheticData(ApiModel):
     """Deterministic random samples, the same on every run with the same seed."""
 
-    seed: int = 0
+    seed: SafeInteger = 0
     """Random seed."""
-    samples: int = Field(default=1024, ge=1)
+    samples: int = Field(default=1024, ge=1, le=MAX_SYNTHETIC_SAMPLES)
     """Number of samples in one epoch."""
 
 
@@ -212,9 +276,9 @@ class Loss(StrEnum):
 class TrainingSpec(ApiModel):
     """Training loop settings (mode Train)."""
 
-    steps: int = Field(default=100, ge=1)
+    steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     """Optimizer steps to run."""
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     """Samples per step per data-parallel replica (split into microbatches)."""
     optimizer: Optimizer = Optimizer.ADAMW
     """Optimizer: SGD, Adam or AdamW."""
@@ -233,7 +297,7 @@ class CheckpointSpec(ApiModel):
     """PersistentVolumeClaim (ReadWriteMany when workers span nodes) that holds checkpoints."""
     mount_path: str = Field(default="/checkpoints", pattern=r"^/")
     """Where the claim is mounted in the worker."""
-    interval_steps: int = Field(default=100, ge=1)
+    interval_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     """Save every this many steps (and always on SIGTERM)."""
 
 
@@ -242,7 +306,7 @@ class ServingSpec(ApiModel):
 
     port: int = Field(default=8080, ge=1, le=65535)
     """Port of the HTTP endpoint on each replica's first-stage worker."""
-    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     """Requests are batched up to this many samples before they enter the pipeline."""
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10000)
     """How long a request waits for others to fill a batch."""
@@ -251,7 +315,7 @@ class ServingSpec(ApiModel):
 class ResourcesSpec(ApiModel):
     """Resources of every worker pod."""
 
-    gpus: int = Field(default=1, ge=0, le=64)
+    gpus: int = Field(default=1, ge=0, le=MAX_GPUS_PER_WORKER)
     """`nvidia.com/gpu` per worker (0 runs on CPU with gloo). A worker's GPUs are always on one node."""
     gpu_product: str | None = Field(default=None, max_length=253)
     """Required GPU product (node label `nvidia.com/gpu.product`), e.g. NVIDIA-H100-80GB-HBM3."""
@@ -286,7 +350,7 @@ class Toleration(ApiModel):
     """Taint value (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to tolerate; empty tolerates all effects."""
-    toleration_seconds: int | None = None
+    toleration_seconds: SafeInteger | None = None
     """How long a NoExecute taint is tolerated."""
 
 
@@ -309,7 +373,7 @@ class ExitAction(StrEnum):
 class ExitCodeRule(ApiModel):
     """What a worker exit code means for the job."""
 
-    codes: list[int] = Field(min_length=1)
+    codes: list[Annotated[int, Field(ge=0, le=MAX_EXIT_CODE)]] = Field(min_length=1)
     """Exit codes this rule matches."""
     action: ExitAction
     """Retry: restart the gang (counts toward maxRestarts). Fail: fail the job at once."""
@@ -318,16 +382,16 @@ class ExitCodeRule(ApiModel):
 class BackoffSpec(ApiModel):
     """Delay between restarts: initial, doubling up to max."""
 
-    initial_seconds: int = Field(default=10, ge=0)
+    initial_seconds: int = Field(default=10, ge=0, le=MAX_BACKOFF_SECONDS)
     """Delay before the first restart."""
-    max_seconds: int = Field(default=300, ge=0)
+    max_seconds: int = Field(default=300, ge=0, le=MAX_BACKOFF_SECONDS)
     """Longest delay."""
 
 
 class FailurePolicySpec(ApiModel):
     """What happens when a worker fails."""
 
-    max_restarts: int = Field(default=3, ge=0)
+    max_restarts: int = Field(default=3, ge=0, le=MAX_RESTARTS)
     """Gang restarts allowed before the job fails."""
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     """Delay between restarts."""
@@ -347,9 +411,9 @@ class RunPolicySpec(ApiModel):
 
     suspend: bool = False
     """Suspended jobs keep their spec and status but have no pods."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
     """Delete the job this long after it succeeds or fails."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_SECONDS)
     """Fail the job when it has run longer than this."""
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     """Pods to delete when the job finishes: All, Running or None."""

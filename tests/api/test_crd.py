@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from maas_api.crd import build_crd, render_crd
+from maas_api.crd import WHOLE_NUMBER_RULE, build_crd, render_crd
+from maas_api.limits import MAX_SAFE_INTEGER
 from maas_api.rules import SPEC_RULES
 
 from tests.manifests import CRD_PATH
@@ -78,3 +79,23 @@ def test_int_or_string_and_defaults() -> None:
     }
     learning_rate = _schema()["properties"]["spec"]["properties"]["training"]["properties"]["learningRate"]
     assert learning_rate["exclusiveMinimum"] is True and learning_rate["minimum"] == 0
+
+
+def test_every_integer_of_the_spec_is_bounded_and_whole() -> None:
+    """Unbounded numbers let the API server accept what the planner cannot handle; a bound above 2^53 is
+    not an integer to the API server; a whole float (`2.0`) would reach CEL rules as a float."""
+    integers = [
+        (path, node) for path, node in _walk(_schema()["properties"]["spec"]) if node.get("type") == "integer"
+    ]
+    assert len(integers) > 20
+    for path, node in integers:
+        assert "minimum" in node and "maximum" in node, f"spec{path} has no bounds"
+        assert -MAX_SAFE_INTEGER <= node["minimum"] <= node["maximum"] <= MAX_SAFE_INTEGER, path
+        assert WHOLE_NUMBER_RULE in node["x-kubernetes-validations"], path
+
+
+def test_unit_and_head_names_are_unique_lists() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    profile = spec["model"]["properties"]["profile"]
+    assert profile["x-kubernetes-list-type"] == "map" and profile["x-kubernetes-list-map-keys"] == ["name"]
+    assert spec["split"]["properties"]["heads"]["x-kubernetes-list-type"] == "set"

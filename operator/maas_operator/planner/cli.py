@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TextIO
 
 import yaml
 from maas_api import ManifestError, Plan, parse_maasjob
+from maas_api.manifest_yaml import ManifestYAMLError, load_manifests
 
 from maas_operator.planner.build import build_plan
 from maas_operator.planner.cluster import load_nodes
@@ -52,10 +53,10 @@ def _read(path: str) -> str:
 
 
 def _load_manifest(path: str) -> dict[str, Any]:
-    try:
-        documents = [d for d in yaml.safe_load_all(_read(path)) if d is not None]
-    except yaml.YAMLError as error:
-        raise _InvalidInputError(f"maas plan: {path} is not valid YAML: {error}") from error
+    try:  # read as kubectl reads it, so the plan is of what `kubectl apply` would store
+        documents = list(load_manifests(_read(path)))
+    except ManifestYAMLError as error:
+        raise _InvalidInputError(f"maas plan: {path}: {error}") from error
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "MaaSJob"]
     if len(jobs) != 1:
         candidates = jobs or documents
