@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from maas_api.base import ApiModel
+from maas_api.batch import DEFAULT_BATCH_SIZE
 from maas_api.rules import SPEC_RULES
 
 # Kubernetes' resource.Quantity grammar (k8s.io/apimachinery/pkg/api/resource).
@@ -84,7 +85,11 @@ class UnitProfile(ApiModel):
     flops_per_sample: float = Field(ge=0)
     """Forward FLOPs for one sample (backward is taken as twice this)."""
     activation_bytes_per_sample: int = Field(ge=0)
-    """Bytes of this unit's output for one sample: what crosses to the next stage, and what training keeps."""
+    """Bytes of this unit's output for one sample: what crosses to the next stage."""
+    saved_bytes_per_sample: int | None = Field(default=None, ge=0)
+    """Bytes training keeps for one sample from this unit's forward until its backward: the tensors autograd
+    saves (not parameters, not the unit's input, which the unit before counts) plus the output. `maas profile`
+    measures it. Unset: activationBytesPerSample, which underestimates training memory."""
     time_ms_per_sample: float | None = Field(default=None, ge=0)
     """Measured forward time for one sample in milliseconds (used by balanceBy=time)."""
 
@@ -214,8 +219,9 @@ class TrainingSpec(ApiModel):
 
     steps: int = Field(default=100, ge=1)
     """Optimizer steps to run."""
-    batch_size: int = Field(default=32, ge=1)
-    """Samples per step per data-parallel replica (split into microbatches)."""
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
+    """Samples per step per data-parallel replica, split evenly over a worker's GPUs (one process each),
+    then into parallelism.microbatches on each GPU."""
     optimizer: Optimizer = Optimizer.ADAMW
     """Optimizer: SGD, Adam or AdamW."""
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -242,8 +248,9 @@ class ServingSpec(ApiModel):
 
     port: int = Field(default=8080, ge=1, le=65535)
     """Port of the HTTP endpoint on each replica's first-stage worker."""
-    max_batch_size: int = Field(default=32, ge=1)
-    """Requests are batched up to this many samples before they enter the pipeline."""
+    max_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1)
+    """Requests are batched up to this many samples before they enter the pipeline (a full batch runs as
+    parallelism.microbatches microbatches)."""
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10000)
     """How long a request waits for others to fill a batch."""
 
