@@ -15,7 +15,12 @@ from maas_api.spec import MaaSJobSpec, Mode, SplitStrategy, TrainingSpec
 
 from maas_operator.planner.auto import DEFAULT_GPUS_PER_NODE, choose_auto
 from maas_operator.planner.cluster import Node, parse_node, used_gpus_from_annotations
-from maas_operator.planner.memory import build_memory_model, microbatch_pool, parse_quantity
+from maas_operator.planner.memory import (
+    build_memory_model,
+    microbatch_pool,
+    parse_quantity,
+    unmeasured_activations_note,
+)
 from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
 from maas_operator.planner.reasons import PlanError, format_bytes
@@ -84,6 +89,8 @@ def build_plan(
         if eligible:
             gpus_per_node = max(node.gpus for node in eligible)
     memory_notes: list[str] = []
+    if (unmeasured := unmeasured_activations_note(spec, profile.units)) is not None:
+        memory_notes.append(unmeasured)
     if gpu_memory is None and spec.resources.gpus > 0:
         memory_notes.append(
             "memory: GPU memory unknown (set spec.resources.gpuMemory or give nodes labelled"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from maas_api.batch import BatchError, process_batch, replica_batch
@@ -36,7 +37,7 @@ from maas_api.catalog import DTYPE_BYTES
 from maas_api.contract import processes_per_worker
 from maas_api.spec import MaaSJobSpec, Mode, Optimizer, PipelineSchedule, UnitProfile
 
-from maas_operator.planner.reasons import PlanError
+from maas_operator.planner.reasons import PlanError, list_some, plural
 
 USABLE_GPU_FRACTION = 0.9
 """Share of a GPU's memory the planner fills; the rest is for the CUDA context, NCCL and fragmentation."""
@@ -130,6 +131,18 @@ class MemoryModel:
     def gpu_memory_that_fits(self, stage_bytes: float) -> float:
         """The GPU memory on which a stage of `stage_bytes` would fit (inverse of the usable share)."""
         return stage_bytes * self.stages_per_worker / USABLE_GPU_FRACTION
+
+
+def unmeasured_activations_note(spec: MaaSJobSpec, units: Sequence[UnitProfile]) -> str | None:
+    """A plan note when training memory rests on units whose saved bytes the profile does not give."""
+    missing = [unit.name for unit in units if unit.saved_bytes_per_sample is None]
+    if spec.mode == Mode.SERVE or not missing:
+        return None
+    return (
+        f"memory: spec.model.profile gives no savedBytesPerSample for {plural(len(missing), 'unit')}"
+        f" ({list_some(missing)}), so only their outputs count as activations, which underestimates what"
+        " training keeps (measure it with `maas profile`)"
+    )
 
 
 def microbatch_pool(spec: MaaSJobSpec) -> int:
