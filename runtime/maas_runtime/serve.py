@@ -265,7 +265,10 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
             _control(worker, RUN, sizes[0])
         pipeline.run(sizes[0], worker.model.input_spec.zeros(sizes[0], worker.device))
         stats.ready = True
-        worker.log("serving", port=serving.port if servers else None, buckets=sizes)
+        microbatches = [pipeline.microbatches[size] for size in sizes]
+        worker.log(
+            "serving", port=serving.port if servers else None, buckets=sizes, microbatches=microbatches
+        )
         while True:
             if worker.terminate.is_set():
                 stats.draining = True
