@@ -32,8 +32,11 @@ def _spec(**fields: Any) -> Any:
         ({"parallelism": {"replicas": 4}}, 2 * (2 + 4 / 4)),
         # 4 GPUs per worker: HSDP shards over them, whatever the replica count.
         ({"resources": {"gpus": 4}, "parallelism": {"replicas": 3}}, 2 * (2 + 4 / 4)),
-        # Elastic down to 1 replica, SGD: the worse of no FSDP (2) and FSDP over 2 replicas (2 + 2/2).
-        ({"training": {"optimizer": "SGD"}, "parallelism": {"minReplicas": 1, "replicas": 4}}, 2 * 3),
+        # Replicas still to be chosen (auto), SGD: the worse of no FSDP (2) and FSDP over 2 (2 + 2/2).
+        (
+            {"training": {"optimizer": "SGD"}, "split": {"stages": "auto"}, "parallelism": {"gpuBudget": 4}},
+            2 * 3,
+        ),
         # Serving never shards and keeps no gradients or optimizer states, on any number of GPUs.
         ({"mode": "Serve", "serving": {}, "resources": {"gpus": 4}, "training": None}, 2 * 1),
     ],
@@ -46,12 +49,12 @@ def test_state_bytes_per_parameter_follow_fsdp2_without_resharding(
 
 
 def test_shard_degrees() -> None:
-    # Unset replicas run 1 now, but the scale subresource may add one: both count.
-    assert fsdp_shard_degrees(_spec()) == {1, 2}
-    assert fsdp_shard_degrees(_spec(parallelism={"replicas": 1, "maxReplicas": 1})) == {1}
+    assert fsdp_shard_degrees(_spec()) == {1}
     assert fsdp_shard_degrees(_spec(parallelism={"replicas": 2, "maxReplicas": 8})) == {2}
-    assert fsdp_shard_degrees(_spec(parallelism={"minReplicas": 1, "replicas": 2})) == {1, 2}
-    assert fsdp_shard_degrees(_spec(resources={"gpus": 8}, parallelism={"minReplicas": 1})) == {8}
+    assert fsdp_shard_degrees(_spec(resources={"gpus": 8}, parallelism={"replicas": 3})) == {8}
+    # split.stages auto sizes the split before it picks the replicas: the worse of none and 2 bounds all.
+    auto = _spec(split={"stages": "auto"}, parallelism={"gpuBudget": 8})
+    assert fsdp_shard_degrees(auto) == {1, 2}
 
 
 def test_training_counts_saved_tensors_and_serving_only_outputs() -> None:

@@ -8,8 +8,9 @@ The model, stated once so every number in a plan can be checked by hand (it foll
   With `reshard_after_forward=False` under a pipeline schedule, FSDP keeps the whole stage's unsharded
   weights and its unsharded, accumulating gradients from the first microbatch's forward to the last one's
   backward, so one GPU holds 2 + (2 + optimizer states) / D at the peak; without data parallelism (D = 1)
-  nothing is wrapped and it holds 2 + optimizer states. When D is the replica count, the estimate takes the
-  worst count the job may run at (minReplicas; 2 is worse than 1 for SGD).
+  nothing is wrapped and it holds 2 + optimizer states. When D is the replica count and split.stages auto
+  has yet to choose it, the estimate takes the worst of D = 1 and D = 2 (the most of any D >= 2). A new
+  replica count is a new plan, so the estimate follows scaling.
 - activations: what training keeps per sample of a microbatch from each unit's forward to its backward
   (savedBytesPerSample of the profile, which `maas profile` measures; the unit's output where unset), on
   the samples of one process's microbatch (maas_api.batch). Serve keeps no saved tensors, only outputs.
@@ -154,17 +155,14 @@ def microbatch_pool(spec: MaaSJobSpec) -> int:
 
 
 def fsdp_shard_degrees(spec: MaaSJobSpec) -> set[int]:
-    """The data-parallel shard degrees a training job may run at (1: no data parallelism)."""
+    """The data-parallel shard degrees the plan may run at (1: no data parallelism, nothing sharded)."""
     processes = processes_per_worker(spec.resources.gpus)
     if processes > 1:
         return {processes}  # HSDP: shard over the worker's GPUs, replicate over the replicas
-    parallelism = spec.parallelism
-    fewest = parallelism.min_replicas or parallelism.replicas or 1
-    most = parallelism.max_replicas or parallelism.replicas
-    degrees = {fewest}
-    if fewest == 1 and (most is None or most >= 2):
-        degrees.add(2)
-    return degrees
+    if spec.split.stages == "auto" and spec.parallelism.replicas is None:
+        # The split is sized before the replica count is chosen: 1 and 2 bound every count (see below).
+        return {1, 2}
+    return {spec.parallelism.replicas or 1}
 
 
 def state_bytes_per_param(spec: MaaSJobSpec) -> float:
