@@ -9,6 +9,7 @@ from maas_api.batch import BatchError, first_sample, process_batch, samples_per_
 from maas_api.job import ManifestError
 from maas_operator.planner import build_plan
 from maas_operator.planner.memory import build_memory_model, microbatch_pool
+from maas_operator.planner.reasons import PlanError
 from maas_runtime import data
 from maas_runtime.launch import run
 
@@ -72,6 +73,10 @@ def test_planner_chooses_microbatches_that_divide_one_gpus_share() -> None:
     plan = build_plan(job("t", resources={"gpus": 4}, training={"batchSize": 8}, split={"stages": 2}))
     assert plan.microbatches == 2  # 1F1B needs one per stage; 2 samples per GPU allow no more
     assert build_memory_model(spec, 2, plan.microbatches, None).samples_per_gpu == 1
+    with pytest.raises(
+        PlanError, match=r"spec.training.batchSize / spec.resources.gpus: 1 samples cannot feed"
+    ):
+        build_plan(job("t", resources={"gpus": 4}, training={"batchSize": 4}, split={"stages": 2}))
 
 
 @pytest.mark.distributed

@@ -18,6 +18,7 @@ from maas_operator.planner.cluster import Node, parse_node, used_gpus_from_annot
 from maas_operator.planner.memory import (
     build_memory_model,
     microbatch_pool,
+    microbatch_pool_field,
     parse_quantity,
     unmeasured_activations_note,
 )
@@ -134,7 +135,7 @@ def build_plan(
                 pipeline_degree,
                 spec.parallelism.schedule,
                 stages_per_worker,
-                "spec.serving.maxBatchSize" if spec.mode == Mode.SERVE else "spec.training.batchSize",
+                microbatch_pool_field(spec),
             )
             notes.append(note)
         split = split_for(model_stages, microbatches)

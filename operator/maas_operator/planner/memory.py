@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from maas_api.batch import BatchError, process_batch, replica_batch
+from maas_api.batch import BatchError, process_batch, replica_batch, replica_batch_field
 from maas_api.catalog import DTYPE_BYTES
 from maas_api.contract import processes_per_worker
 from maas_api.spec import MaaSJobSpec, Mode, Optimizer, PipelineSchedule, UnitProfile
@@ -152,6 +152,14 @@ def microbatch_pool(spec: MaaSJobSpec) -> int:
     if spec.mode == Mode.SERVE:
         return replica_batch(spec)
     return replica_batch(spec) // processes_per_worker(spec.resources.gpus)
+
+
+def microbatch_pool_field(spec: MaaSJobSpec) -> str:
+    """How messages name `microbatch_pool`: the batch field, per GPU when a worker has several."""
+    field = f"spec.{replica_batch_field(spec)}"
+    if spec.mode == Mode.SERVE or processes_per_worker(spec.resources.gpus) == 1:
+        return field
+    return f"{field} / spec.resources.gpus"
 
 
 def fsdp_shard_degrees(spec: MaaSJobSpec) -> set[int]:
