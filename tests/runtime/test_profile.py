@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from maas_operator.planner import build_plan
 from maas_operator.planner.memory import build_memory_model
 from maas_runtime.model import build_meta_model, materialize
 from maas_runtime.profile import profile_units
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from tests.manifests import REPO
 from tests.planner.helpers import job
@@ -74,35 +79,41 @@ def test_cli_reports_a_bad_factory(capsys: pytest.CaptureFixture[str]) -> None:
     assert "plan.model.factory: cannot import 'nope.missing:make'" in capsys.readouterr().err
 
 
-def _kept_by_autograd(units: list[torch.nn.Module], inputs: list[torch.Tensor]) -> tuple[int, int]:
-    """Run real microbatches through a chain of units and keep their graphs, as a pipeline stage holds the
-    microbatches in flight; returns (bytes of the distinct storages autograd saved, other than parameters,
-    plus the outputs; bytes of the inputs among them)."""
-    params = {p.untyped_storage().data_ptr() for unit in units for p in unit.parameters()}
-    kept: dict[int, int] = {}
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensor storages alive at each op, the largest so far in `peak` (CPU has no allocator
+    statistics): every op's outputs count until the last reference to their storage goes."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in params:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+    def __init__(self, ignore: Iterable[torch.Tensor]) -> None:
+        super().__init__()
+        self.ignore = {StorageWeakRef(t.untyped_storage()) for t in ignore}
+        self.live: dict[StorageWeakRef, int] = {}
+        self.peak = 0
 
-    outputs = []
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        for x in inputs:
-            for unit in units:
-                x = unit(x)
-            outputs.append(x)
-    for out in outputs:
-        kept[out.untyped_storage().data_ptr()] = out.untyped_storage().nbytes()
-    held_inputs = sum(kept.get(x.untyped_storage().data_ptr(), 0) for x in inputs)
-    return sum(kept.values()), held_inputs
+    def now(self) -> int:
+        self.live = {ref: size for ref, size in self.live.items() if not ref.expired()}
+        return sum(self.live.values())
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if (
+                isinstance(t, torch.Tensor)
+                and (ref := StorageWeakRef(t.untyped_storage())) not in self.ignore
+            ):
+                self.live.setdefault(ref, t.untyped_storage().nbytes())
+        self.peak = max(self.peak, self.now())
+        return out
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_planned_activation_memory_is_what_autograd_keeps_on_a_real_stage(dtype: str) -> None:
-    """The second of two GPipe stages of a transformer (blocks and the LM head) with all its microbatches in
-    flight: the plan's activation bytes equal what autograd keeps on real CPU tensors, less the stage's input
-    (which the estimate leaves to the stage before), and a block keeps about 16x its output."""
+def test_planned_activation_memory_is_what_a_real_stage_holds(dtype: str) -> None:
+    """The second of two GPipe stages of a transformer (blocks and the LM head), run on real CPU tensors as
+    the schedule runs it: every microbatch forward, then every backward. After the forwards the live tensors
+    are exactly the plan's activation bytes (the stage's received inputs aside, which the estimate leaves to
+    the stage before); backward adds at most one microbatch of the largest unit's saved bytes (its
+    gradients' working set), which USABLE_GPU_FRACTION's headroom is for."""
     model = {
         "catalog": "Transformer",
         "args": {"vocab": 64, "dim": 32, "layers": 3, "heads": 4, "seqLen": 16},
@@ -125,11 +136,24 @@ def test_planned_activation_memory_is_what_autograd_keeps_on_a_real_stage(dtype:
     torch_dtype = getattr(torch, dtype)
     units = build_meta_model(manifest.spec.model).units
     materialize(units, torch.device("cpu"), torch_dtype)
-    microbatch = memory.samples_per_gpu
-    inputs = [
-        torch.randn(microbatch, 16, 32, dtype=torch_dtype, requires_grad=True)
-        for _ in range(plan.microbatches)
-    ]
-    measured, held_inputs = _kept_by_autograd([units[name] for name in stage.units], inputs)
-    assert held_inputs == plan.microbatches * microbatch * 16 * 32 * torch_dtype.itemsize
-    assert planned == pytest.approx(measured - held_inputs, abs=1)
+    chain = [units[name] for name in stage.units]
+    params = [p for unit in chain for p in unit.parameters()]
+    for p in params:
+        p.grad = torch.zeros_like(p)  # gradients are model state, counted per parameter
+    shape = (memory.samples_per_gpu, 16, 32)
+    received = [torch.randn(shape, dtype=torch_dtype, requires_grad=True) for _ in range(plan.microbatches)]
+    tracker = LiveTensorBytes([*params, *(p.grad for p in params if p.grad is not None)])
+    with tracker:
+        outputs = []
+        for x in received:
+            for unit in chain:
+                x = unit(x)
+            outputs.append(x)
+        after_forwards = tracker.now()
+        for y in outputs:
+            y.backward(torch.ones_like(y))
+    assert planned == pytest.approx(after_forwards, abs=1)
+    working_set = memory.samples_per_gpu * max(
+        memory.activation_bytes(plan.profile.unit(u)) for u in stage.units
+    )
+    assert planned <= tracker.peak <= planned + working_set
