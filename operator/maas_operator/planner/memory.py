@@ -16,9 +16,10 @@ The model, stated once so every number in a plan can be checked by hand (it foll
   the samples of one process's microbatch (maas_api.batch). Serve keeps no saved tensors, only outputs.
   Microbatches in flight per stage depend on the schedule: GPipe keeps all m; 1F1B keeps min(m, S - s) on
   stage s of S (the warm-up depth); Interleaved1F1B is taken as min(m, S - s) per model stage too, an upper
-  bound of torch's interleaved warm-up; Serve keeps one. Not counted: a stage's input buffer (the unit
-  before counts it as its output, on the GPU before), the loss's own tensors on the last stage, and
-  transient buffers of one op; USABLE_GPU_FRACTION leaves room for them.
+  bound of torch's interleaved warm-up; Serve keeps one. Not counted: a stage's received inputs (the unit
+  before counts them as its output, on the GPU before), the loss's own tensors on the last stage, and the
+  backward's working set (at most one microbatch of the largest unit's saved bytes on a real stage, see
+  tests/runtime/test_profile.py); USABLE_GPU_FRACTION leaves room for them.
 - usable memory: USABLE_GPU_FRACTION of the GPU, the rest left for the CUDA context, NCCL buffers and the
   allocator's fragmentation. With Interleaved1F1B a worker holds `stagesPerWorker` model stages, so each
   model stage gets that share of the usable memory (keeps the stage-by-stage fit check separable).
