@@ -171,13 +171,16 @@ SPEC_RULES: tuple[SpecRule, ...] = (
     SpecRule(
         name="batch-divisible-by-microbatches",
         field_path="parallelism.microbatches",
+        # A batch that does not split over the GPUs is batch-divisible-by-gpus' error alone.
         cel=f"self.mode == 'Serve' || !has(self.parallelism.microbatches)"
+        f" || {_CEL_TRAIN_BATCH} % {_CEL_PROCESSES} != 0"
         f" || {_CEL_TRAIN_BATCH} % ({_CEL_PROCESSES} * self.parallelism.microbatches) == 0",
         message="training.batchSize / resources.gpus (the samples of one GPU per step) must be divisible by"
         " parallelism.microbatches",
         holds=lambda s: (
             s.mode == "Serve"
             or s.parallelism.microbatches is None
+            or replica_batch(s) % _processes(s) != 0
             or replica_batch(s) % (_processes(s) * s.parallelism.microbatches) == 0
         ),
     ),
