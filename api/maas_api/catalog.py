@@ -98,6 +98,8 @@ def _linear(name: str, fan_in: int, fan_out: int, value_bytes: int, **extra: Any
         params=fan_in * fan_out + fan_out,
         flops_per_sample=2.0 * fan_in * fan_out,
         activation_bytes_per_sample=fan_out * value_bytes,
+        # Linear saves its input (the unit before counts it) and ReLU its output: training keeps the output.
+        saved_bytes_per_sample=fan_out * value_bytes,
         **extra,
     )
 
@@ -109,6 +111,11 @@ def _transformer_units(a: TransformerArgs, value_bytes: int) -> list[UnitProfile
     block_params = 4 * d * d + 2 * d * f + 4 * d
     # Matmuls count 2 FLOPs per multiply-add; attention adds QK^T and AV, 2*t*t*d each.
     block_flops = 2.0 * t * (4 * d * d + 2 * d * f) + 4.0 * t * t * d
+    # What autograd saves per token (flash attention, as on a GPU and torch's CPU kernel): the two LayerNorm
+    # outputs and their mean and rstd (2 values each), q/k/v (3d), the attention output (d), the residual
+    # between the halves (d), both feed-forward activations (2f) and the output (d), in the model dtype,
+    # plus attention's log-sum-exp per head in float32. About 16x the block's output (8d + 2f for f = 4d).
+    block_saved = t * value_bytes * (8 * d + 2 * f + 4) + t * a.heads * 4
     units = [
         UnitProfile(
             name="embed",
@@ -116,6 +123,7 @@ def _transformer_units(a: TransformerArgs, value_bytes: int) -> list[UnitProfile
             params=v * d + t * d,
             flops_per_sample=0.0,
             activation_bytes_per_sample=hidden_bytes,
+            saved_bytes_per_sample=hidden_bytes,  # the lookups save only the token ids (the input)
         )
     ]
     units += [
@@ -125,6 +133,7 @@ def _transformer_units(a: TransformerArgs, value_bytes: int) -> list[UnitProfile
             params=block_params,
             flops_per_sample=block_flops,
             activation_bytes_per_sample=hidden_bytes,
+            saved_bytes_per_sample=block_saved,
         )
         for i in range(a.layers)
     ]
@@ -135,6 +144,8 @@ def _transformer_units(a: TransformerArgs, value_bytes: int) -> list[UnitProfile
             params=2 * d + d * v,
             flops_per_sample=2.0 * t * d * v,
             activation_bytes_per_sample=t * v * value_bytes,
+            # The LayerNorm's output, mean and rstd, and the logits.
+            saved_bytes_per_sample=t * value_bytes * (d + 2 + v),
         )
     )
     return units

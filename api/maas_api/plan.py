@@ -62,8 +62,9 @@ class StagePlan(ApiModel):
     flops_per_sample: float = Field(ge=0)
     """Forward FLOPs per sample."""
     memory_bytes: int = Field(ge=0)
-    """Estimated peak memory on one GPU of a worker of this stage (weights, gradients and optimizer states
-    sharded over the worker's GPUs, plus that GPU's activations)."""
+    """Estimated peak memory on one GPU of a worker of this stage: model state as FSDP holds it at the step's
+    peak (unsharded weights and gradients next to the shards) plus the activations training keeps for the
+    microbatches in flight (see maas_operator.planner.memory)."""
     output_bytes_per_sample: int = Field(ge=0)
     """Activation bytes per sample sent to the next stage."""
 

@@ -13,14 +13,18 @@ from typing import TYPE_CHECKING
 
 from pydantic.alias_generators import to_snake
 
+from maas_api.batch import DEFAULT_BATCH_SIZE, replica_batch
+from maas_api.contract import processes_per_worker
 from maas_api.limits import MAX_STAGES
 
 if TYPE_CHECKING:
     from maas_api.spec import MaaSJobSpec
 
-# Default per-replica batch size when `training` is unset; kept equal to TrainingSpec.batch_size's default
-# (a unit test checks it) because CEL cannot see Python defaults of an absent object.
-DEFAULT_BATCH_SIZE = 32
+# CEL sees no Python defaults of an absent object: the batch rules spell out DEFAULT_BATCH_SIZE and
+# contract.processes_per_worker (one process per GPU, one on a CPU worker).
+_CEL_TRAIN_BATCH = f"(has(self.training) ? self.training.batchSize : {DEFAULT_BATCH_SIZE})"
+_CEL_SERVE_BATCH = f"(has(self.serving) ? self.serving.maxBatchSize : {DEFAULT_BATCH_SIZE})"
+_CEL_PROCESSES = "(self.resources.gpus > 0 ? self.resources.gpus : 1)"
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,8 @@ def _fixed_stages(spec: MaaSJobSpec) -> int | None:
     return spec.split.stages if isinstance(spec.split.stages, int) else None
 
 
-def _batch_size(spec: MaaSJobSpec) -> int:
-    return spec.training.batch_size if spec.training else DEFAULT_BATCH_SIZE
+def _processes(spec: MaaSJobSpec) -> int:
+    return processes_per_worker(spec.resources.gpus)
 
 
 def _replica_bound(name: str, low: str, high: str, field: str) -> SpecRule:
@@ -180,13 +184,40 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         ),
     ),
     SpecRule(
+        name="batch-divisible-by-gpus",
+        field_path="training.batchSize",
+        cel=f"self.mode == 'Serve' || {_CEL_TRAIN_BATCH} % {_CEL_PROCESSES} == 0",
+        message="training.batchSize (samples per step of one replica) must be divisible by resources.gpus:"
+        " each GPU runs an equal share of its replica's batch",
+        holds=lambda s: s.mode == "Serve" or replica_batch(s) % _processes(s) == 0,
+    ),
+    SpecRule(
         name="batch-divisible-by-microbatches",
         field_path="parallelism.microbatches",
-        cel="!has(self.parallelism.microbatches) || (has(self.training) ? self.training.batchSize : "
-        f"{DEFAULT_BATCH_SIZE}) % self.parallelism.microbatches == 0",
-        message="training.batchSize must be divisible by parallelism.microbatches",
+        # A batch that does not split over the GPUs is batch-divisible-by-gpus' error alone.
+        cel=f"self.mode == 'Serve' || !has(self.parallelism.microbatches) || self.parallelism.microbatches < 1"
+        f" || {_CEL_TRAIN_BATCH} % {_CEL_PROCESSES} != 0"
+        f" || {_CEL_TRAIN_BATCH} % ({_CEL_PROCESSES} * self.parallelism.microbatches) == 0",
+        message="training.batchSize / resources.gpus (the samples of one GPU per step) must be divisible by"
+        " parallelism.microbatches",
         holds=lambda s: (
-            s.parallelism.microbatches is None or _batch_size(s) % s.parallelism.microbatches == 0
+            s.mode == "Serve"
+            or s.parallelism.microbatches is None
+            or replica_batch(s) % _processes(s) != 0
+            or replica_batch(s) % (_processes(s) * s.parallelism.microbatches) == 0
+        ),
+    ),
+    SpecRule(
+        name="serve-batch-divisible-by-microbatches",
+        field_path="parallelism.microbatches",
+        cel=f"self.mode != 'Serve' || !has(self.parallelism.microbatches) || self.parallelism.microbatches < 1"
+        f" || {_CEL_SERVE_BATCH} % self.parallelism.microbatches == 0",
+        message="serving.maxBatchSize must be divisible by parallelism.microbatches (a full batch runs as that"
+        " many microbatches)",
+        holds=lambda s: (
+            s.mode != "Serve"
+            or s.parallelism.microbatches is None
+            or replica_batch(s) % s.parallelism.microbatches == 0
         ),
     ),
     SpecRule(

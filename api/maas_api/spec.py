@@ -11,6 +11,7 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from maas_api.base import ApiModel
+from maas_api.batch import DEFAULT_BATCH_SIZE
 from maas_api.limits import (
     MAX_BACKOFF_SECONDS,
     MAX_BATCH_SIZE,
@@ -144,7 +145,11 @@ class UnitProfile(ApiModel):
     flops_per_sample: float = Field(ge=0, le=MAX_UNIT_FLOPS_PER_SAMPLE)
     """Forward FLOPs for one sample (backward is taken as twice this)."""
     activation_bytes_per_sample: int = Field(ge=0, le=MAX_UNIT_ACTIVATION_BYTES)
-    """Bytes of this unit's output for one sample: what crosses to the next stage, and what training keeps."""
+    """Bytes of this unit's output for one sample: what crosses to the next stage."""
+    saved_bytes_per_sample: int | None = Field(default=None, ge=0, le=MAX_UNIT_ACTIVATION_BYTES)
+    """Bytes training keeps for one sample from this unit's forward until its backward: the tensors autograd
+    saves (not parameters, not the unit's input, which the unit before counts) plus the output. `maas profile`
+    measures it. Unset: activationBytesPerSample, which underestimates training memory."""
     time_ms_per_sample: float | None = Field(default=None, ge=0, le=MAX_UNIT_TIME_MS)
     """Measured forward time for one sample in milliseconds (used by balanceBy=time)."""
 
@@ -278,8 +283,9 @@ class TrainingSpec(ApiModel):
 
     steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     """Optimizer steps to run."""
-    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
-    """Samples per step per data-parallel replica (split into microbatches)."""
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+    """Samples per step per data-parallel replica, split evenly over a worker's GPUs (one process each),
+    then into parallelism.microbatches on each GPU."""
     optimizer: Optimizer = Optimizer.ADAMW
     """Optimizer: SGD, Adam or AdamW."""
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -306,8 +312,9 @@ class ServingSpec(ApiModel):
 
     port: int = Field(default=8080, ge=1, le=65535)
     """Port of the HTTP endpoint on each replica's first-stage worker."""
-    max_batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
-    """Requests are batched up to this many samples before they enter the pipeline."""
+    max_batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+    """Requests are batched up to this many samples before they enter the pipeline (a full batch runs as
+    parallelism.microbatches microbatches)."""
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10000)
     """How long a request waits for others to fill a batch."""
 

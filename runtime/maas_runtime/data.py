@@ -1,8 +1,9 @@
 """Training samples: synthetic (deterministic from a seed) or a file on a volume, and who reads which.
 
 Samples are read in a global stream: epoch e visits every sample once in a permutation seeded by (seed, e).
-Each step, with `Shard`, data-parallel rank d takes stream positions [pos + d*B, pos + (d+1)*B) and the
-stream advances by B * dp_size; with `Replicate`, every rank takes [pos, pos + B) and it advances by B.
+Each step every replica reads training.batchSize samples, split evenly over its worker's processes; with
+`Shard` the replicas read consecutive slices and the stream advances by batchSize * replicas, with
+`Replicate` they read the same slice and it advances by batchSize (maas_api.batch has the arithmetic).
 The stream position (samples seen) is the data position a checkpoint stores, so resuming at any
 data-parallel degree continues exactly where training stopped.
 
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import torch
 from maas_api.plan import Plan
-from maas_api.spec import DataDistribution, Loss
+from maas_api.spec import Loss
 
 from maas_runtime.errors import PermanentError
 from maas_runtime.model import InputSpec
@@ -215,16 +216,3 @@ class SampleOrder:
             parts.append(self._epoch_permutation(epoch)[offset : offset + take])
             position += take
         return torch.cat(parts)
-
-
-def samples_per_step(batch: int, dp_size: int, distribution: DataDistribution) -> int:
-    return batch * dp_size if distribution == DataDistribution.SHARD else batch
-
-
-def rank_positions(
-    samples_seen: int, batch: int, dp_rank: int, distribution: DataDistribution
-) -> tuple[int, int]:
-    """(first stream position, count) that data-parallel rank `dp_rank` reads this step."""
-    if distribution == DataDistribution.SHARD:
-        return samples_seen + dp_rank * batch, batch
-    return samples_seen, batch

@@ -1,13 +1,17 @@
-"""`maas profile`: the unit profile of a model (params, FLOPs and activation bytes per sample, optionally time).
+"""`maas profile`: the unit profile of a model (params, FLOPs, activation and saved bytes per sample, time).
 
 The model is built on the meta device, so profiling needs no memory for weights: FLOPs come from
 `torch.utils.flop_counter.FlopCounterMode` on one meta sample, activation bytes from each unit's output.
+Saved bytes (what training keeps from a unit's forward until its backward) are measured with autograd's
+saved-tensor hooks on fake CPU tensors (`FakeTensorMode`: the CPU's kernels are chosen, e.g. its flash
+attention, but nothing is allocated), as the difference between two and one sample.
 Paste the output into `spec.model.profile` of a factory model.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import statistics
@@ -19,6 +23,8 @@ import torch
 import yaml
 from maas_api.catalog import DTYPE_BYTES
 from maas_api.spec import CatalogModel, ModelSpec, UnitProfile
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from maas_runtime.errors import PermanentError
@@ -46,10 +52,13 @@ def profile_units(
     heads = list(info.heads if heads is None else heads)
     value_bytes = DTYPE_BYTES[dtype]
     inputs = _unit_inputs(info, heads, info.input.empty(1))
+    torch_dtype = parse_dtype(dtype, "--dtype")
     units = []
     for name, unit in info.units.items():
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             output = unit(inputs[name])
+        sample = inputs[name]
+        saved = saved_bytes(unit, sample, torch_dtype, 2) - saved_bytes(unit, sample, torch_dtype, 1)
         units.append(
             UnitProfile(
                 name=name,
@@ -58,12 +67,50 @@ def profile_units(
                 params=sum(p.numel() for p in unit.parameters()),
                 flops_per_sample=float(counter.get_total_flops()),
                 activation_bytes_per_sample=output.numel() * value_bytes,
+                saved_bytes_per_sample=saved,
             )
         )
     if time_batch > 0:
         times = _time_units(info, heads, parse_dtype(dtype, "--dtype"), time_batch)
         units = [u.model_copy(update={"time_ms_per_sample": times[u.name]}) for u in units]
     return units
+
+
+def saved_bytes(unit: nn.Module, sample: torch.Tensor, dtype: torch.dtype, batch: int) -> int:
+    """Bytes training keeps from `unit`'s forward on `batch` samples shaped like `sample` (a batch of one, any
+    device) until its backward: the distinct storages autograd saves, except the parameters and the input
+    (the unit before holds it as its output), plus the output (the next unit or the pipeline keeps it).
+    Measured on fake CPU tensors; a storage is one allocation, however many views of it autograd saves."""
+    shell = copy.deepcopy(unit)  # a meta copy: the fake tensors must not replace the profiled unit's
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device="cpu")
+
+    with FakeTensorMode():
+        for module in shell.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(fake(param), requires_grad=param.requires_grad))
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                setattr(module, name, fake(buffer))
+        x_dtype = dtype if sample.is_floating_point() else sample.dtype
+        x = torch.empty((batch, *sample.shape[1:]), dtype=x_dtype, device="cpu")
+        x.requires_grad_(x.is_floating_point())
+        not_activations = {t.untyped_storage()._cdata for t in (*shell.parameters(), *shell.buffers(), x)}
+        kept: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage._cdata not in not_activations:
+                kept[storage._cdata] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            output = shell(x)
+        outputs = output if isinstance(output, tuple) else (output,)
+        for out in outputs:
+            if out.untyped_storage()._cdata not in not_activations:
+                kept[out.untyped_storage()._cdata] = out.untyped_storage().nbytes()
+    return sum(kept.values())
 
 
 def _time_units(info: ModelInfo, heads: Sequence[str], dtype: torch.dtype, batch: int) -> dict[str, float]:

@@ -3,7 +3,8 @@
 The first-stage process (pipeline rank 0, local rank 0) answers `POST /v1/predict`, `GET /healthz` (200 only
 once a warm-up batch went through every stage, 503 while draining) and `GET /metrics`. Its main loop
 gathers requests into a batch (up to serving.maxBatchSize samples, waiting at most maxBatchDelayMs after the
-first), pads it to a bucket size (powers of two, so few distinct shapes) and broadcasts a control message
+first), pads it to a bucket size (maas_api.batch.serving_buckets: powers of two, then maxBatchSize, so few
+distinct shapes, each with its microbatch count) and broadcasts a control message
 [command, bucket] over the replica's pipeline group; the other stages loop on that message, run the same
 forward-only schedule, and the last stage sends the outputs back to the first. When idle the first stage
 sends a heartbeat every few seconds so the waiting stages never hit the collective timeout. SIGTERM on the
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from maas_api.batch import serving_buckets
 from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, ExitCode
 from maas_api.spec import ServingSpec
 from torch.distributed.pipelining.schedules import _PipelineSchedule
@@ -35,22 +37,6 @@ IDLE, RUN, STOP = 0, 1, 2
 """Control commands broadcast by the first stage."""
 HEARTBEAT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 120.0
-
-
-def bucket_sizes(max_batch: int) -> list[int]:
-    """Padded batch sizes: powers of two up to the first one >= max_batch."""
-    sizes = [1]
-    while sizes[-1] < max_batch:
-        sizes.append(sizes[-1] * 2)
-    return sizes
-
-
-def microbatches_for(bucket: int, microbatches: int) -> int:
-    """The plan's microbatch count, lowered to a power of two that divides the bucket."""
-    count = 1
-    while count * 2 <= min(bucket, microbatches):
-        count *= 2
-    return count
 
 
 @dataclass
@@ -108,14 +94,20 @@ class Batcher:
 class ServingPipeline:
     """One forward-only schedule per bucket size, built on first use (all stages build it in lockstep)."""
 
-    def __init__(self, worker: Worker, modules: dict[int, StageModule]) -> None:
+    def __init__(self, worker: Worker, modules: dict[int, StageModule], max_batch: int) -> None:
         self.worker, self.modules = worker, modules
+        # Bucket size -> microbatch count, as the planner estimated them.
+        self.microbatches = dict(serving_buckets(max_batch, worker.plan.microbatches))
         self._schedules: dict[int, _PipelineSchedule] = {}
         self.first_rank_is_last = worker.has_first_stage and worker.has_last_stage
 
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(self.microbatches)
+
     def _schedule(self, bucket: int) -> _PipelineSchedule:
         if bucket not in self._schedules:
-            count = microbatches_for(bucket, self.worker.plan.microbatches)
+            count = self.microbatches[bucket]
             shapes = self.worker.shapes(bucket // count, training=False)
             stages = pipeline_stages(self.modules, shapes, self.worker.device, self.worker.pp_group)
             self._schedules[bucket] = inference_schedule(stages, count)
@@ -265,7 +257,7 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
         if progress_port != serving.port:
             keep = {key: routes[key] for key in (("GET", "/metrics"), ("GET", "/progress"))}
             servers.append(HttpServer(progress_port, keep))
-    sizes = bucket_sizes(serving.max_batch_size)
+    sizes = pipeline.buckets
     multi = worker.dims.pipeline_degree > 1
     try:
         # Warm-up: one batch through every stage proves the whole pipeline is up.
@@ -273,7 +265,10 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
             _control(worker, RUN, sizes[0])
         pipeline.run(sizes[0], worker.model.input_spec.zeros(sizes[0], worker.device))
         stats.ready = True
-        worker.log("serving", port=serving.port if servers else None, buckets=sizes)
+        microbatches = [pipeline.microbatches[size] for size in sizes]
+        worker.log(
+            "serving", port=serving.port if servers else None, buckets=sizes, microbatches=microbatches
+        )
         while True:
             if worker.terminate.is_set():
                 stats.draining = True
@@ -322,7 +317,7 @@ def serve(worker: Worker) -> ExitCode:
     modules = worker.stage_modules
     for module in modules.values():
         module.eval()
-    pipeline = ServingPipeline(worker, modules)
+    pipeline = ServingPipeline(worker, modules, worker.plan.serving.max_batch_size)
     if worker.coords.pipeline_rank == 0:
         _lead(worker, pipeline, worker.plan.serving)
     else:

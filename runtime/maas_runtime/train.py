@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from maas_api.batch import BatchError, first_sample, process_batch, samples_per_step
 from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, ExitCode
-from maas_api.spec import Optimizer, TrainingSpec
+from maas_api.spec import DataDistribution, Optimizer, TrainingSpec
 from torch import nn
 
 from maas_runtime import data
@@ -81,11 +82,15 @@ def train(worker: Worker) -> ExitCode:
 
 def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
     plan, training = worker.plan, worker.training
-    microbatch = training.batch_size // plan.microbatches
+    try:
+        batch = process_batch(False, training.batch_size, worker.dims.procs_per_worker, plan.microbatches)
+    except BatchError as error:
+        raise PermanentError("plan.training.batchSize", str(error)) from error
+    shard = plan.data.distribution == DataDistribution.SHARD
     local, modules = worker.local_units, worker.stage_modules
     if worker.dp_mesh is not None:
         apply_data_parallel(modules.values(), worker.dp_mesh)
-    shapes = worker.shapes(microbatch, training=True)
+    shapes = worker.shapes(batch.microbatch_size, training=True)
     stages = pipeline_stages(modules, shapes, worker.device, worker.pp_group)
     schedule = training_schedule(plan.schedule, stages, plan.microbatches, loss_function(training.loss))
     optimizer = build_optimizer(training, local.parameters())
@@ -95,7 +100,7 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
         samples = data.open_samples(plan, worker.model.input_spec, worker.target_spec())
     data_seed = plan.data.synthetic.seed if plan.data.synthetic else 0
     order = data.SampleOrder(samples.size if samples else 1, data_seed)
-    per_step = data.samples_per_step(training.batch_size, worker.dims.dp_size, plan.data.distribution)
+    per_step = samples_per_step(training.batch_size, worker.dims.replicas, shard)
 
     checkpointer = Checkpointer(plan.checkpoint, plan.job, local, optimizer) if plan.checkpoint else None
     state = TrainerState(step=0, samples_seen=0)
@@ -107,6 +112,9 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
             samplesSeen=state.samples_seen,
             checkpoint=str(checkpointer.path(latest)),
         )
+    worker.log(
+        "batch", samples=batch.samples, microbatches=batch.microbatches, microbatchSize=batch.microbatch_size
+    )
     saved_step = state.step if checkpointer is not None and state.step > 0 else None
     progress.update(
         phase="Training", step=state.step, samples_seen=state.samples_seen, last_checkpoint_step=saved_step
@@ -138,10 +146,9 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
         args: list[torch.Tensor] = []
         target = None
         if samples is not None:
-            start, count = data.rank_positions(
-                state.samples_seen, training.batch_size, worker.coords.dp_rank, plan.data.distribution
-            )
-            indices = order.indices(start, count)
+            coords = worker.coords
+            start = first_sample(state.samples_seen, batch.samples, coords.dp_rank, coords.local_rank, shard)
+            indices = order.indices(start, batch.samples)
             if worker.has_first_stage:
                 args = [samples.inputs(indices).to(worker.device, worker.model.input_spec.dtype)]
             if worker.has_last_stage:

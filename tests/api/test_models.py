@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from maas_api import ManifestError, parse_maasjob
+from maas_api.batch import DEFAULT_BATCH_SIZE
 from maas_api.catalog import CatalogArgsError, catalog_profile, model_profile
 from maas_api.contract import global_rank, stages_of_pipeline_rank, worker_index
-from maas_api.rules import DEFAULT_BATCH_SIZE
-from maas_api.spec import ModelSpec, TrainingSpec
+from maas_api.spec import ModelSpec, ServingSpec, TrainingSpec
 
 
 def _job(**spec: object) -> dict[str, object]:
@@ -47,7 +47,7 @@ def test_several_problems_are_reported_together() -> None:
 
 
 def test_cel_default_batch_size_matches_the_model_default() -> None:
-    assert TrainingSpec().batch_size == DEFAULT_BATCH_SIZE
+    assert TrainingSpec().batch_size == ServingSpec().max_batch_size == DEFAULT_BATCH_SIZE
 
 
 def test_large_model_profile() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from maas_api.batch import samples_per_step
 from maas_api.plan import Plan
-from maas_api.spec import TrainingSpec
+from maas_api.spec import DataDistribution, TrainingSpec
 from maas_runtime import data
 from maas_runtime.losses import loss_function
 from maas_runtime.model import build_meta_model, materialize, parse_dtype, plan_heads, run_model
@@ -31,21 +32,22 @@ def full_model(plan: Plan) -> tuple[nn.ModuleDict, list[str]]:
     return units, plan_heads(plan)
 
 
-def reference_training(plan: Plan, dp_sizes: list[int] | None = None) -> Reference:
-    """Train the whole model on each step's whole global batch (dp_sizes: data-parallel degree per step)."""
+def reference_training(plan: Plan, replicas: list[int] | None = None) -> Reference:
+    """Train the whole model on each step's whole global batch (replicas: the replica count per step)."""
     training = plan.training or TrainingSpec()
     setup = prepare_model(plan)
     units, heads = full_model(plan)
     target = data.target_spec(training.loss, setup.input_spec, setup.output_shape)
     samples = data.open_samples(plan, setup.input_spec, target)
     order = data.SampleOrder(samples.size, plan.data.synthetic.seed if plan.data.synthetic else 0)
-    if dp_sizes is None:
-        dp_sizes = [plan.replicas * max(1, plan.gpus_per_worker)] * training.steps
+    if replicas is None:
+        replicas = [plan.replicas] * training.steps
     optimizer = build_optimizer(training, units.parameters())
     loss_fn = loss_function(training.loss)
     losses, seen = [], 0
-    for dp_size in dp_sizes:
-        per_step = data.samples_per_step(training.batch_size, dp_size, plan.data.distribution)
+    shard = plan.data.distribution == DataDistribution.SHARD
+    for count in replicas:
+        per_step = samples_per_step(training.batch_size, count, shard)
         indices = order.indices(seen, per_step)
         optimizer.zero_grad()
         inputs = samples.inputs(indices).to(setup.input_spec.dtype)

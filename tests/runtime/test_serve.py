@@ -26,9 +26,9 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
         "serve",
         TINY_TRANSFORMER,
         stages=2,
-        microbatches=2,
+        microbatches=3,
         mode=Mode.SERVE,
-        serving=ServingSpec(port=port, max_batch_size=8, max_batch_delay_ms=500),
+        serving=ServingSpec(port=port, max_batch_size=6, max_batch_delay_ms=500),
     )
     job = start(plan, tmp_path / "run")
     url = f"http://127.0.0.1:{port}"
@@ -42,7 +42,7 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
         def ask(i: int) -> None:
             answers[i] = http("POST", f"{url}/v1/predict", {"inputs": requests[i].tolist()})
 
-        # Concurrent requests of different sizes share batches (1+2+3 fit in 8, 5 waits for the next one).
+        # Concurrent requests of different sizes share batches (1+2+3 fill 6, 5 waits for the next one).
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
         for thread in threads:
             thread.start()
@@ -56,7 +56,7 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
                 assert torch.tensor(body["outputs"]).sub(expected).abs().max() < TOLERANCE
 
         assert http("POST", f"{url}/v1/predict", {"inputs": [[1, 2]]})[0] == 400
-        assert http("POST", f"{url}/v1/predict", {"inputs": [[0] * 8] * 9})[0] == 400
+        assert http("POST", f"{url}/v1/predict", {"inputs": [[0] * 8] * 7})[0] == 400
         assert http("POST", f"{url}/v1/predict", {"inputs": [[99] * 8]})[0] == 400
         assert http("POST", f"{url}/v1/predict", {"wrong": 1})[0] == 400
         status, metrics = http("GET", f"{url}/metrics")
@@ -73,3 +73,6 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
         result = job.wait(60)
     assert result.ok, result.describe()
     assert result.events("drained", rank=0)[0]["requests"] == 5
+    # Buckets up to maxBatchSize (not a power of two); a full one runs the plan's 3 microbatches.
+    serving = result.events("serving", rank=0)[0]
+    assert (serving["buckets"], serving["microbatches"]) == ([1, 2, 4, 6], [1, 2, 2, 3])

@@ -187,7 +187,7 @@ def test_sigterm_checkpoints_and_resume_at_another_data_parallel_degree(tmp_path
     resumed = run(second, tmp_path / "second")
     assert resumed.ok, resumed.describe()
     assert resumed.events("resumed", rank=0)[0]["step"] == stop_step
-    reference = reference_training(second, dp_sizes=[2] * stop_step + [1] * 3)
+    reference = reference_training(second, replicas=[2] * stop_step + [1] * 3)
     assert _losses(resumed) == pytest.approx(reference.losses[stop_step:], abs=TOLERANCE)
     trained = load_checkpoint_model(second, tmp_path / "checkpoints" / "resume" / f"step-{stop_step + 3}")
     assert max_difference(trained, reference.units) < TOLERANCE

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from maas_api.contract import ExitCode
-from maas_api.spec import DataDistribution, Loss, ModelSpec
+from maas_api.spec import Loss, ModelSpec
 from maas_runtime import data
 from maas_runtime.agent import pod_exit_code
 from maas_runtime.errors import PermanentError, RetryableError, classify
@@ -20,7 +20,7 @@ from maas_runtime.model import build_meta_model, materialize, run_model
 from maas_runtime.parallel_dims import ParallelDims, TorchrunEnv, check_members, check_world
 from maas_runtime.plan_file import load_plan
 from maas_runtime.progress import TrainProgress
-from maas_runtime.serve import Batcher, PendingRequest, bucket_sizes, microbatches_for
+from maas_runtime.serve import Batcher, PendingRequest
 from maas_runtime.stages import StageModule, stage_layouts
 from maas_runtime.worker import prepare_model
 
@@ -28,25 +28,6 @@ from tests.manifests import REPO
 from tests.runtime.support import TINY_MLP, TINY_MULTITASK, TINY_TRANSFORMER, http
 
 # --- data -------------------------------------------------------------------------------------------
-
-
-def test_shard_gives_each_rank_a_disjoint_slice_and_every_sample_once_per_epoch() -> None:
-    order, batch, dp = data.SampleOrder(size=24, seed=1), 4, 3
-    per_step = data.samples_per_step(batch, dp, DataDistribution.SHARD)
-    seen: list[int] = []
-    for step in range(4):  # two epochs
-        for rank in range(dp):
-            start, count = data.rank_positions(step * per_step, batch, rank, DataDistribution.SHARD)
-            seen += order.indices(start, count).tolist()
-    assert sorted(seen[:24]) == list(range(24)) and sorted(seen[24:]) == list(range(24))
-    assert seen[:24] != seen[24:]  # a new permutation each epoch
-
-
-def test_replicate_gives_every_rank_the_same_samples() -> None:
-    order = data.SampleOrder(size=10, seed=0)
-    slices = [data.rank_positions(8, 4, rank, DataDistribution.REPLICATE) for rank in range(3)]
-    assert len(set(slices)) == 1 and data.samples_per_step(4, 3, DataDistribution.REPLICATE) == 4
-    assert order.indices(8, 4).tolist()[:2] == order.indices(8, 2).tolist()  # crosses the epoch boundary
 
 
 def test_synthetic_language_model_targets_are_the_next_tokens() -> None:
@@ -179,12 +160,6 @@ def test_errors_map_to_the_contracts_exit_codes() -> None:
 
 
 # --- serving and progress -----------------------------------------------------------------------------
-
-
-def test_buckets_and_microbatches() -> None:
-    assert bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(5) == [1, 2, 4, 8] and bucket_sizes(1) == [1]
-    assert [microbatches_for(b, 4) for b in (1, 2, 4, 8)] == [1, 2, 4, 4]
-    assert microbatches_for(8, 3) == 2
 
 
 def test_batcher_fills_batches_and_carries_what_does_not_fit() -> None:

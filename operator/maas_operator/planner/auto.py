@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from maas_api.batch import replica_batch
 from maas_api.catalog import DTYPE_BYTES
 from maas_api.plan import ModelProfile, bubble_fraction
 from maas_api.spec import MaaSJobSpec, Mode
 
-from maas_operator.planner.memory import batch_size
+from maas_operator.planner.memory import microbatch_pool
 from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.reasons import PlanError, format_count, list_some, plural
 from maas_operator.planner.split import SplitResult
@@ -98,7 +99,7 @@ def estimate_throughput(
     gpus = max(1, spec.resources.gpus)
     stages_per_worker = spec.parallelism.stages_per_worker
     pipeline_degree = len(split.stages) // stages_per_worker
-    samples = batch_size(spec) / microbatches
+    samples = replica_batch(spec) / microbatches
     flops_rate = peak_flops(gpu_product, spec.model.dtype) * MODEL_FLOPS_UTILIZATION * gpus
     measured = all(unit.time_ms_per_sample is not None for unit in profile.units)
     replica_on_one_node = pipeline_degree * gpus <= gpus_per_node
@@ -131,7 +132,7 @@ def estimate_throughput(
         pipeline_degree=pipeline_degree,
         replicas=replicas,
         microbatches=microbatches,
-        samples_per_s=replicas * batch_size(spec) / step if step > 0 else float("inf"),
+        samples_per_s=replicas * replica_batch(spec) / step if step > 0 else float("inf"),
         step_s=step,
         bubble=bubble_fraction(pipeline_degree, microbatches, stages_per_worker),
     )
@@ -193,7 +194,7 @@ def choose_auto(
             f" gpuBudget of {budget} GPUs"
         )
     largest_depth = min(most_workers, max_stages // stages_per_worker)
-    batch = batch_size(spec)
+    batch = microbatch_pool(spec)
     estimates: list[tuple[Estimate, SplitResult, str | None]] = []
     skipped: dict[str, list[int]] = {}  # reason -> stage counts it ruled out
     for depth in pipeline_candidates(largest_depth):

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from maas_api.batch import replica_batch
 from maas_api.catalog import DTYPE_BYTES, CatalogArgsError, model_profile
 from maas_api.contract import stages_of_pipeline_rank, worker_index
 from maas_api.job import MaaSJob
@@ -14,7 +15,13 @@ from maas_api.spec import MaaSJobSpec, Mode, SplitStrategy, TrainingSpec
 
 from maas_operator.planner.auto import DEFAULT_GPUS_PER_NODE, choose_auto
 from maas_operator.planner.cluster import Node, parse_node, used_gpus_from_annotations
-from maas_operator.planner.memory import batch_size, build_memory_model, parse_quantity
+from maas_operator.planner.memory import (
+    build_memory_model,
+    microbatch_pool,
+    microbatch_pool_field,
+    parse_quantity,
+    unmeasured_activations_note,
+)
 from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
 from maas_operator.planner.reasons import PlanError, format_bytes
@@ -83,6 +90,8 @@ def build_plan(
         if eligible:
             gpus_per_node = max(node.gpus for node in eligible)
     memory_notes: list[str] = []
+    if (unmeasured := unmeasured_activations_note(spec, profile.units)) is not None:
+        memory_notes.append(unmeasured)
     if gpu_memory is None and spec.resources.gpus > 0:
         memory_notes.append(
             "memory: GPU memory unknown (set spec.resources.gpuMemory or give nodes labelled"
@@ -121,12 +130,12 @@ def build_plan(
             microbatches = spec.parallelism.microbatches
         else:
             microbatches, note = choose_microbatches(
-                batch_size(spec),
+                microbatch_pool(spec),
                 model_stages,
                 pipeline_degree,
                 spec.parallelism.schedule,
                 stages_per_worker,
-                "spec.serving.maxBatchSize" if spec.mode == Mode.SERVE else "spec.training.batchSize",
+                microbatch_pool_field(spec),
             )
             notes.append(note)
         split = split_for(model_stages, microbatches)
@@ -196,7 +205,7 @@ def _gang_request(
     """The placement request, with traffic weights: activations (and their gradients) between pipeline
     ranks per step, and 2x the parameters' bytes between data-parallel peers per step (Train only)."""
     train = spec.mode == Mode.TRAIN
-    batch = batch_size(spec)
+    batch = replica_batch(spec)
     value_bytes = DTYPE_BYTES[spec.model.dtype]
     pipeline_weights = [0.0] * max(0, pipeline_degree - 1)
     replica_weights = [0.0] * pipeline_degree

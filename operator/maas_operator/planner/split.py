@@ -29,8 +29,6 @@ class SplitItem:
     flops_per_sample: float
     time_ms_per_sample: float | None
     """None when a unit of the item has no measured time."""
-    activation_bytes_per_sample: int
-    """Training keeps every unit's output until the backward pass, so the whole item's outputs count."""
     output_bytes_per_sample: int
     """What the item sends on: its last unit's output."""
 
@@ -43,7 +41,6 @@ class SplitItem:
             params=sum(unit.params for unit in units),
             flops_per_sample=sum(unit.flops_per_sample for unit in units),
             time_ms_per_sample=None if None in times else sum(t for t in times if t is not None),
-            activation_bytes_per_sample=sum(unit.activation_bytes_per_sample for unit in units),
             output_bytes_per_sample=units[-1].activation_bytes_per_sample,
         )
 
@@ -129,7 +126,7 @@ class _Part:
         self.partitioner = Partitioner(
             costs,
             [item.params * memory.state_bytes_per_param for item in items],
-            [float(item.activation_bytes_per_sample) for item in items],
+            [float(sum(memory.activation_bytes(unit) for unit in item.units)) for item in items],
             [memory.activation_factor(first_stage + s) for s in range(stages)],
             memory.usable_bytes_per_stage,
             balance_memory=request.balance_by == BalanceBy.MEMORY,
