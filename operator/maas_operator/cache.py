@@ -131,6 +131,10 @@ class WorldCache:
         self.replica_configmaps.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
 
+    def gpus_held(self) -> int:
+        """GPUs held by every pod the cache knows (a drop means some were freed)."""
+        return sum(holder.gpus for holder in self.holders.values())
+
     def active_job_keys(self) -> list[str]:
         return sorted(self.jobs)
 

@@ -38,6 +38,8 @@ class Controller:
         self.placement_lock = asyncio.Lock()
         self._errors: Counter[str] = Counter()
         self._phases: dict[str, str] = {}
+        self._unschedulable: set[str] = set()
+        """Jobs whose last decision found no room (woken when GPUs are freed)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     async def prime(self) -> None:
@@ -77,14 +79,20 @@ class Controller:
             self.cache.forget_job(key)
             self.queue.forget(key)
             self._phases.pop(key, None)
+            self._unschedulable.discard(key)
             self._count_phases()
         else:
             self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        held_before = self.cache.gpus_held()
         job_key = self.cache.put_pod(event_type, body)
         if job_key is not None and job_key in self.cache.jobs:
             self.queue.add(job_key)
+        if self.cache.gpus_held() < held_before:
+            # GPUs were freed: the jobs waiting for room may fit now.
+            for key in self._unschedulable:
+                self.queue.add(key)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         if self.cache.put_node(event_type, body):
@@ -196,6 +204,11 @@ class Controller:
             self.queue.add(key, after=max(0.05, decision.requeue_after))
         self.queue.add(key, after=self.settings.resync_seconds)
         self._phases[key] = status.phase
+        planned = next((c for c in status.conditions if c.type == "Planned"), None)
+        if planned is not None and planned.reason == "Unschedulable":
+            self._unschedulable.add(key)
+        else:
+            self._unschedulable.discard(key)
         self._count_phases()
 
     def _count_phases(self) -> None:

@@ -386,14 +386,12 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
             namespace=observed.job.namespace,
         )
     except Unschedulable as error:
-        step.condition(ConditionType.PLANNED, False, "Unschedulable", str(error))
-        if old is not None and problem == "SpecChanged" and not step.lost_nodes:
+        keep = old is not None and problem == "SpecChanged" and not step.lost_nodes
+        # The Planned transition is the one event (re-planning on every look would repeat it).
+        prefix = "the changed spec does not fit now; the running plan stays: " if keep else ""
+        step.condition(ConditionType.PLANNED, False, "Unschedulable", f"{prefix}{error}")
+        if keep:
             # The running gang is whole and healthy: keep it until the new shape fits.
-            step.event(
-                "Warning",
-                "ReplanUnschedulable",
-                f"the changed spec does not fit now, keeping the running plan: {error}",
-            )
             return old
         return None
     except PlanError as error:
