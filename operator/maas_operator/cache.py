@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 Body = Mapping[str, Any]
 
+DELETED_UIDS_KEPT = 100_000
+"""Deleted pod UIDs remembered (a late write-through comes within seconds; this is far more than enough)."""
+
 
 def object_key(body: Body) -> str:
     metadata = body.get("metadata") or {}
@@ -58,6 +61,8 @@ class WorldCache:
         self.replica_configmaps: dict[str, set[str]] = {}
         """job key -> names of its per-replica plan ConfigMaps."""
         self._plans: dict[tuple[str, str], Plan | None] = {}
+        self._deleted_pod_uids: dict[str, None] = {}
+        """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
 
     # -- watch events -------------------------------------------------------------------------------------
@@ -71,10 +76,22 @@ class WorldCache:
         return key
 
     def put_pod(self, event_type: str | None, body: Body) -> str | None:
-        """Records a pod; returns the key of the job it belongs to, if any."""
+        """Records a pod; returns the key of the job it belongs to, if any.
+
+        A pod whose DELETED event was seen is never recorded again: the adapter's write-through of a delete
+        or apply answer can arrive after the watch already reported the pod gone (kwok removes a deleted pod
+        at once), and would otherwise leave a ghost that no later event removes. UIDs are never reused."""
         key = object_key(body)
         job_key = job_key_of(body)
         deleted = event_type == "DELETED"
+        uid = (body.get("metadata") or {}).get("uid")
+        if uid:
+            if deleted:
+                self._deleted_pod_uids[uid] = None
+                while len(self._deleted_pod_uids) > DELETED_UIDS_KEPT:
+                    del self._deleted_pod_uids[next(iter(self._deleted_pod_uids))]
+            elif uid in self._deleted_pod_uids:
+                return job_key
         holder = None if deleted else gpu_holder(body)
         if holder is None:
             self.holders.pop(key, None)
