@@ -106,8 +106,8 @@ def test_every_example_becomes_ready(
         try:
             status = jobs.wait_phase(name, "Running", timeout=90)
         except AssertionError as error:
-            pods = [(p["metadata"]["name"], p["status"]) for p in jobs.pods(name)]
-            raise AssertionError(f"{error}\nstatus: {jobs.status(name)}\npods: {pods}") from None
+            seen = [(p["metadata"]["name"], p["status"]) for p in jobs.pods(name)]
+            raise AssertionError(f"{error}\nstatus: {jobs.status(name)}\npods: {seen}") from None
         ready = jobs.condition(name, "Ready")
         assert ready is not None and ready["status"] == "True", ready
         total = status["workers"]["total"]
