@@ -43,6 +43,22 @@ def job_key_of(body: Body) -> str | None:
     return f"{metadata.get('namespace') or 'default'}/{job}" if job else None
 
 
+def name_of(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+def is_older(body: Body, cached: Body | None) -> bool:
+    """True when `body` is an older version of `cached`. Watch events can trail the adapter's write-through
+    of its own writes (an event of version N arrives after the answer of version N+1 was recorded), and a
+    decision on the older version would redo or undo work. Resource versions of one resource compare as
+    integers (KEP-5504, stable since Kubernetes 1.35); anything else is taken as newer."""
+    if cached is None:
+        return False
+    new = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    old = str((cached.get("metadata") or {}).get("resourceVersion") or "")
+    return new.isdigit() and old.isdigit() and int(new) < int(old)
+
+
 def _node_summary(node: Node) -> tuple[object, ...]:
     """What placement reads of a node: heartbeats that change none of it wake no job."""
     return (node.gpus, node.ready, node.unschedulable, tuple(sorted(node.labels.items())), node.taints)
@@ -71,7 +87,7 @@ class WorldCache:
         key = object_key(body)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
-        else:
+        elif not is_older(body, self.jobs.get(key)):
             self.jobs[key] = dict(body)
         return key
 
@@ -92,6 +108,12 @@ class WorldCache:
                     del self._deleted_pod_uids[next(iter(self._deleted_pod_uids))]
             elif uid in self._deleted_pod_uids:
                 return job_key
+        if (
+            not deleted
+            and job_key is not None
+            and is_older(body, self.pods.get(job_key, {}).get(name_of(key)))
+        ):
+            return job_key
         holder = None if deleted else gpu_holder(body)
         if holder is None:
             self.holders.pop(key, None)
