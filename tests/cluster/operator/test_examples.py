@@ -128,6 +128,8 @@ def test_every_example_becomes_ready(
     finally:
         # Free the default nodes' GPUs for the next example before the namespace goes.
         jobs.kubectl("delete", "maasjob", name, "--ignore-not-found", "--wait=false")
+        # The garbage collector would follow, but it learns of a new CRD only at its next discovery (30 s).
+        jobs.kubectl("delete", "pods", "-l", f"maas.dev/job={name}", "--wait=false")
         wait_until(f"{name}'s pods gone", lambda: not jobs.pods(name), timeout=60)
         for claim in claims:
             cluster.kubectl("delete", "pv", f"{namespace}-{claim}", "--ignore-not-found", "--wait=false")
