@@ -77,9 +77,9 @@ class WorldCache:
         self.replica_configmaps: dict[str, set[str]] = {}
         """job key -> names of its per-replica plan ConfigMaps."""
         self._plans: dict[tuple[str, str], Plan | None] = {}
+        """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
         self._deleted_pod_uids: dict[str, None] = {}
         """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
-        """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
 
     # -- watch events -------------------------------------------------------------------------------------
 
