@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 Body = Mapping[str, Any]
 
+DELETED_UIDS_KEPT = 100_000
+"""Deleted pod UIDs remembered (a late write-through comes within seconds; this is far more than enough)."""
+
 
 def object_key(body: Body) -> str:
     metadata = body.get("metadata") or {}
@@ -38,6 +41,22 @@ def job_key_of(body: Body) -> str | None:
     metadata = body.get("metadata") or {}
     job = (metadata.get("labels") or {}).get(names.JOB_LABEL)
     return f"{metadata.get('namespace') or 'default'}/{job}" if job else None
+
+
+def name_of(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+def is_older(body: Body, cached: Body | None) -> bool:
+    """True when `body` is an older version of `cached`. Watch events can trail the adapter's write-through
+    of its own writes (an event of version N arrives after the answer of version N+1 was recorded), and a
+    decision on the older version would redo or undo work. Resource versions of one resource compare as
+    integers (KEP-5504, stable since Kubernetes 1.35); anything else is taken as newer."""
+    if cached is None:
+        return False
+    new = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    old = str((cached.get("metadata") or {}).get("resourceVersion") or "")
+    return new.isdigit() and old.isdigit() and int(new) < int(old)
 
 
 def _node_summary(node: Node) -> tuple[object, ...]:
@@ -59,6 +78,8 @@ class WorldCache:
         """job key -> names of its per-replica plan ConfigMaps."""
         self._plans: dict[tuple[str, str], Plan | None] = {}
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
+        self._deleted_pod_uids: dict[str, None] = {}
+        """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
 
     # -- watch events -------------------------------------------------------------------------------------
 
@@ -66,15 +87,33 @@ class WorldCache:
         key = object_key(body)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
-        else:
+        elif not is_older(body, self.jobs.get(key)):
             self.jobs[key] = dict(body)
         return key
 
     def put_pod(self, event_type: str | None, body: Body) -> str | None:
-        """Records a pod; returns the key of the job it belongs to, if any."""
+        """Records a pod; returns the key of the job it belongs to, if any.
+
+        A pod whose DELETED event was seen is never recorded again: the adapter's write-through of a delete
+        or apply answer can arrive after the watch already reported the pod gone (kwok removes a deleted pod
+        at once), and would otherwise leave a ghost that no later event removes. UIDs are never reused."""
         key = object_key(body)
         job_key = job_key_of(body)
         deleted = event_type == "DELETED"
+        uid = (body.get("metadata") or {}).get("uid")
+        if uid:
+            if deleted:
+                self._deleted_pod_uids[uid] = None
+                while len(self._deleted_pod_uids) > DELETED_UIDS_KEPT:
+                    del self._deleted_pod_uids[next(iter(self._deleted_pod_uids))]
+            elif uid in self._deleted_pod_uids:
+                return job_key
+        if (
+            not deleted
+            and job_key is not None
+            and is_older(body, self.pods.get(job_key, {}).get(name_of(key)))
+        ):
+            return job_key
         holder = None if deleted else gpu_holder(body)
         if holder is None:
             self.holders.pop(key, None)

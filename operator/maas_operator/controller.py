@@ -19,14 +19,18 @@ from maas_api.job import GROUP, KIND, PLURAL, VERSION
 
 from maas_operator import metrics, names
 from maas_operator.cache import WorldCache
-from maas_operator.kube import Kube
-from maas_operator.reconcile import Decision, Observed, reconcile
+from maas_operator.children import JobRef
+from maas_operator.kube import Kube, api_message
+from maas_operator.reconcile import Decision, Event, Observed, reconcile
 from maas_operator.settings import OperatorSettings
 from maas_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BACKOFF_SECONDS = 60.0
+REFUSED_STATUSES = frozenset({400, 403, 422})
+"""API answers that refuse a child for a reason its job's owner can fix (a missing ServiceAccount or
+PriorityClass, a quota, an invalid template field): posted on the job as a FailedCreate event."""
 
 
 class Controller:
@@ -170,7 +174,15 @@ class Controller:
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
         for manifest in decision.apply:
-            result = await self.kube.apply(manifest)
+            try:
+                result = await self.kube.apply(manifest)
+            except ApiException as error:
+                if error.status in REFUSED_STATUSES:
+                    # Only the operator's log would say why the job makes no progress: tell its owner.
+                    kind, name = manifest["kind"], manifest["metadata"]["name"]
+                    message = f"{kind} {name}: {api_message(error)}"
+                    await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                raise
             if manifest["kind"] == "Pod":
                 self.cache.put_pod("MODIFIED", result)
             elif manifest["kind"] == "ConfigMap":
@@ -192,10 +204,7 @@ class Controller:
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
-            try:
-                await self.kube.post_event(job, event)
-            except ApiException as error:
-                log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
+            await self._post_event(key, job, event)
         if decision.delete_job:
             log.info("%s: ttlSecondsAfterFinished has passed; deleting the job", key)
             await self.kube.delete(KIND, job.namespace, job.name)
@@ -210,6 +219,12 @@ class Controller:
         else:
             self._unschedulable.discard(key)
         self._count_phases()
+
+    async def _post_event(self, key: str, job: JobRef, event: Event) -> None:
+        try:
+            await self.kube.post_event(job, event)
+        except ApiException as error:
+            log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
 
     def _count_phases(self) -> None:
         counts = Counter(self._phases.values())

@@ -7,6 +7,7 @@ no-op and fields set by others (defaults, the scheduler, users' labels) are left
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -39,6 +40,15 @@ _PATHS = {
 def is_status(error: BaseException, *codes: int) -> bool:
     """True for an API error with one of these HTTP status codes."""
     return isinstance(error, ApiException) and error.status in codes
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own words for a refusal (its Status message), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return str(message or error.reason or f"HTTP {error.status}")
 
 
 async def connect() -> k8s.ApiClient:

@@ -30,6 +30,7 @@ from maas_operator.planner import Node, PlanError, Unschedulable, build_plan
 from maas_operator.settings import OperatorSettings
 from maas_operator.status import (
     is_true,
+    observe_generation,
     phase_of,
     plan_summary,
     set_condition,
@@ -158,6 +159,7 @@ class _Step:
         for type_, reason in INITIAL_REASONS.items():
             if not any(c.type == type_ for c in self.status.conditions):
                 self.condition(type_, False, reason, "", quiet=True)
+        observe_generation(self.status, self.observed.generation)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation
         self.status.selector = names.selector(self.observed.job.name)

@@ -84,6 +84,15 @@ def set_condition(
     return Transition(type_, wanted, reason, message)
 
 
+def observe_generation(status: MaaSJobStatus, generation: int) -> None:
+    """Marks every condition as computed from `generation`: a reconcile re-evaluates all of them from the
+    whole job, so one it left unchanged is as current as one it set (lastTransitionTime stays)."""
+    status.conditions = [
+        c if c.observed_generation == generation else c.model_copy(update={"observed_generation": generation})
+        for c in status.conditions
+    ]
+
+
 def condition(status: MaaSJobStatus, type_: ConditionType) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_), None)
 

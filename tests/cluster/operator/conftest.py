@@ -20,7 +20,14 @@ from tests.cluster.operator.support import (
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "-f", str(REPO / "crds" / "maasjob.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/maasjobs.maas.dev", "--timeout=30s")
+
+    # Not `kubectl wait`: it fails outright while the new CRD has no status.conditions yet.
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd/maasjobs.maas.dev", "-o", "json").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until("the MaaSJob CRD Established", established)
 
 
 @pytest.fixture(scope="session")
