@@ -57,8 +57,10 @@ def complete_steps(root: Path) -> list[int]:
 
 
 class Checkpointer:
+    """Saves and loads `model` and `optimizer` (None for parameter-free stages, which have no optimizer)."""
+
     def __init__(
-        self, spec: CheckpointSpec, job: str, model: nn.Module, optimizer: torch.optim.Optimizer
+        self, spec: CheckpointSpec, job: str, model: nn.Module, optimizer: torch.optim.Optimizer | None
     ) -> None:
         self.root = Path(spec.mount_path) / job
         self.interval = spec.interval_steps
@@ -75,14 +77,16 @@ class Checkpointer:
         return answer[0]
 
     def _state(self, trainer: TrainerState) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "model": get_model_state_dict(self.model),
-            "optim": get_optimizer_state_dict(self.model, self.optimizer, options=OPTIONS),
             "trainer": {
                 "step": torch.tensor(trainer.step, dtype=torch.int64),
                 "samples_seen": torch.tensor(trainer.samples_seen, dtype=torch.int64),
             },
         }
+        if self.optimizer is not None:
+            state["optim"] = get_optimizer_state_dict(self.model, self.optimizer, options=OPTIONS)
+        return state
 
     def save(self, trainer: TrainerState) -> Path:
         path = self.path(trainer.step)
@@ -101,6 +105,14 @@ class Checkpointer:
         state = self._state(TrainerState(step=0, samples_seen=0))
         dcp_load(state, checkpoint_id=self.path(step))
         set_model_state_dict(self.model, state["model"])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=OPTIONS)
+        if self.optimizer is not None:
+            # The checkpoint holds the optimizer's state (moments, step counts); its settings (learning rate,
+            # weight decay, ...) are the job's, which may have changed since the checkpoint was written.
+            settings = [
+                {k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups
+            ]
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=OPTIONS)
+            for group, job_settings in zip(self.optimizer.param_groups, settings, strict=True):
+                group.update(job_settings)
         trainer = state["trainer"]
         return TrainerState(step=int(trainer["step"]), samples_seen=int(trainer["samples_seen"]))

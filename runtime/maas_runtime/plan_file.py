@@ -8,6 +8,7 @@ from pathlib import Path
 
 from maas_api.contract import PLAN_PATH, PLAN_PATH_ENV
 from maas_api.plan import PLAN_FORMAT_VERSION, Plan
+from maas_api.spec import TrainingSpec
 from pydantic import ValidationError
 
 from maas_runtime.errors import PermanentError
@@ -68,3 +69,10 @@ def check_plan(plan: Plan) -> None:
             )
     if plan.mode == "Serve" and plan.serving is None:
         raise PermanentError("plan.serving", "mode Serve needs serving settings")
+    training = plan.training or TrainingSpec()
+    if plan.mode == "Train" and training.batch_size % plan.microbatches:
+        raise PermanentError(
+            "plan.microbatches",
+            f"training.batchSize {training.batch_size} is not divisible by {plan.microbatches} microbatches:"
+            " every microbatch must hold the same number of samples",
+        )

@@ -26,7 +26,7 @@ from maas_runtime.data_parallel import apply_data_parallel
 from maas_runtime.errors import PermanentError, RetryableError
 from maas_runtime.losses import loss_function
 from maas_runtime.pipeline import pipeline_stages, training_schedule
-from maas_runtime.progress import TrainProgress, serve_progress
+from maas_runtime.progress import FINISHED, TrainProgress, linger_seconds, serve_progress
 from maas_runtime.worker import Worker
 
 
@@ -71,9 +71,13 @@ class StepStats:
 def train(worker: Worker) -> ExitCode:
     plan, training = worker.plan, worker.training
     progress = TrainProgress(plan.job, plan.namespace, training.steps)
+    linger = linger_seconds()
     server = serve_progress(progress, progress_port()) if worker.rank == 0 else None
     try:
-        return _train(worker, progress)
+        code = _train(worker, progress)
+        if server is not None:
+            progress.final_state_served.wait(linger)
+        return code
     finally:
         if server is not None:
             server.close()
@@ -88,7 +92,9 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
     shapes = worker.shapes(microbatch, training=True)
     stages = pipeline_stages(modules, shapes, worker.device, worker.pp_group)
     schedule = training_schedule(plan.schedule, stages, plan.microbatches, loss_function(training.loss))
-    optimizer = build_optimizer(training, local.parameters())
+    params = list(local.parameters())
+    # Stages of parameter-free units (activations, reshapes) have nothing to optimise.
+    optimizer = build_optimizer(training, params) if params else None
 
     samples: data.Samples | None = None
     if worker.has_first_stage or worker.has_last_stage:
@@ -146,9 +152,11 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
                 args = [samples.inputs(indices).to(worker.device, worker.model.input_spec.dtype)]
             if worker.has_last_stage:
                 target = samples.targets(indices).to(worker.device)
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         schedule.step(*args, target=target, losses=losses if worker.has_last_stage else None)
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
         state = TrainerState(step=state.step + 1, samples_seen=state.samples_seen + per_step)
 
         values = torch.zeros(3, dtype=torch.float64, device=worker.device)
@@ -186,7 +194,7 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
             raise RetryableError(f"terminated by SIGTERM after step {state.step} ({kept})")
     if previous is not None:
         report(previous)
-    progress.update(phase="Finished")
+    progress.update(phase=FINISHED)
     if worker.rank == 0:
         worker.log("finished", step=state.step, loss=progress.loss)
     return ExitCode.SUCCESS

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from maas_api.spec import ModelSpec
+from maas_api.spec import ModelSpec, UnitProfile
 
 from tests.manifests import REPO
 
@@ -26,6 +26,14 @@ TINY_MULTITASK = ModelSpec(
 )
 TOLERANCE = 1e-5
 """Largest absolute difference allowed between a distributed run and its single-process reference (float32)."""
+
+
+def factory_model(reference: str, units: list[str], **args: object) -> ModelSpec:
+    """A factory model with a placeholder profile (every unit costs the same)."""
+    profile = [
+        UnitProfile(name=u, params=1, flops_per_sample=1, activation_bytes_per_sample=1) for u in units
+    ]
+    return ModelSpec(factory=reference, args=args, profile=profile)
 
 
 def free_port() -> int:

@@ -10,20 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, UnitProfile, VolumeSource
+from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, VolumeSource
 from maas_runtime.launch import child_pids, local_plan, write_plan
 
-from tests.runtime.support import TINY_MLP, WORKER_ENV, free_port, wait_until
+from tests.runtime.support import TINY_MLP, WORKER_ENV, factory_model, free_port, wait_until
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
 
 def _factory_model(reference: str, **args: object) -> ModelSpec:
-    units = ["enc_0", "enc_1", "scale", "dec_0"]
-    profile = [
-        UnitProfile(name=u, params=1, flops_per_sample=1, activation_bytes_per_sample=1) for u in units
-    ]
-    return ModelSpec(factory=reference, args=args, profile=profile)
+    return factory_model(reference, ["enc_0", "enc_1", "scale", "dec_0"], **args)
 
 
 def _start_worker(plan_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
