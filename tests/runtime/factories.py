@@ -90,3 +90,23 @@ def uneven(width: int = 8) -> nn.ModuleDict:
     assert list(model) == UNEVEN_UNITS
     model.maas_input = {"shape": [4], "dtype": "float32"}
     return model
+
+
+def feature_store(width: int = 8) -> nn.ModuleDict:
+    """A factory that fails like code reaching for a service: a bug in the job, not a transient failure."""
+    raise RuntimeError("could not connect to the feature store")
+
+
+class LookUp(nn.Module):
+    """A unit whose forward fails once it runs on real data (the meta-device trace passes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":
+            raise ConnectionError("could not connect to the feature store")
+        return x
+
+
+def fails_in_forward(width: int = 8) -> nn.ModuleDict:
+    model = encoder_decoder(width)
+    model["dec_0"] = nn.Sequential(LookUp(), nn.Linear(width, 3))
+    return model

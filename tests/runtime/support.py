@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -13,8 +14,9 @@ from maas_api.spec import ModelSpec, UnitProfile
 
 from tests.manifests import REPO
 
-# Worker processes import test factories as `tests.runtime.factories`.
-WORKER_ENV = {"PYTHONPATH": str(REPO)}
+# Worker processes import test factories as `tests.runtime.factories`, and this checkout's packages first
+# (the shared virtual environment's editable install may point at another checkout).
+WORKER_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 TINY_MLP = ModelSpec(catalog="MLP", args={"input": 8, "hidden": 16, "layers": 4, "output": 4})
 TINY_TRANSFORMER = ModelSpec(
