@@ -65,6 +65,8 @@ class Checkpointer:
         self.root = Path(spec.mount_path) / job
         self.interval = spec.interval_steps
         self.model, self.optimizer = model, optimizer
+        # Parameter-free stages (activations) may have no state at all, which get_model_state_dict refuses.
+        self._has_model_state = bool(model.state_dict())
 
     def path(self, step: int) -> Path:
         return self.root / f"step-{step}"
@@ -78,7 +80,7 @@ class Checkpointer:
 
     def _state(self, trainer: TrainerState) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "model": get_model_state_dict(self.model),
+            "model": get_model_state_dict(self.model) if self._has_model_state else {},
             "trainer": {
                 "step": torch.tensor(trainer.step, dtype=torch.int64),
                 "samples_seen": torch.tensor(trainer.samples_seen, dtype=torch.int64),
@@ -104,7 +106,8 @@ class Checkpointer:
     def load(self, step: int) -> TrainerState:
         state = self._state(TrainerState(step=0, samples_seen=0))
         dcp_load(state, checkpoint_id=self.path(step))
-        set_model_state_dict(self.model, state["model"])
+        if self._has_model_state:
+            set_model_state_dict(self.model, state["model"])
         if self.optimizer is not None:
             # The checkpoint holds the optimizer's state (moments, step counts); its settings (learning rate,
             # weight decay, ...) are the job's, which may have changed since the checkpoint was written.
