@@ -38,10 +38,19 @@ def factory_model(reference: str, units: list[str], **args: object) -> ModelSpec
     return ModelSpec(factory=reference, args=args, profile=profile)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(consecutive: int = 1) -> int:
+    """A port free now, with the `consecutive - 1` ports after it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for following in range(port + 1, port + consecutive):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", following))
+        except OSError:
+            continue
+        return port
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
