@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = load_plan(args.plan)
     except PermanentError as error:
-        print(f"maas_runtime.launch: exit {int(ExitCode.PERMANENT)}: {error}", file=sys.stderr)
+        reason = str(error).replace(f"{PLAN_PATH_ENV}:", "--plan:", 1)  # the flag is what the user gave
+        print(f"maas_runtime.launch: exit {int(ExitCode.PERMANENT)}: {reason}", file=sys.stderr)
         return int(ExitCode.PERMANENT)
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix=f"maas-{plan.job}-"))
     workdir.mkdir(parents=True, exist_ok=True)
