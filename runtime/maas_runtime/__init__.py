@@ -9,7 +9,8 @@ Start-up contract (see maas_api.contract):
   is $MAAS_WORKER_INDEX (required; `maas_runtime.launch` numbers its own) and the process joins the process group as
   `contract.global_rank(worker, local rank)`, whatever order torchrun's rendezvous chose;
 - $MAAS_PROGRESS_PORT (default 9400): `/progress` and `/metrics` on global rank 0 (train) or on each
-  replica's first stage (serve, besides plan.serving.port);
+  replica's first stage (serve, besides plan.serving.port); after the last step rank 0 keeps `/progress` up
+  until it answered once with phase Finished, at most $MAAS_PROGRESS_LINGER_SECONDS (default 30);
 - exit codes: 0 done, 75 retryable, 78 permanent, 1 uncaught; one `maas_runtime: exit N: reason` line on
   stderr; JSON event lines (`started`, `step`, `checkpoint`, `resumed`, `serving`, `drained`) on stdout.
 

@@ -49,7 +49,11 @@ def check_launch(nnodes: str, nproc_per_node: str, rdzv_backend: str, rdzv_endpo
         pods = int(nnodes.rpartition(":")[2])
         processes = int(nproc_per_node)
     except ValueError as error:
-        raise PermanentError("PET_NNODES", f"{nnodes!r} pods x {nproc_per_node!r} processes") from error
+        raise PermanentError(
+            "PET_NNODES",
+            f"PET_NNODES={nnodes!r} and PET_NPROC_PER_NODE={nproc_per_node!r} must be the numbers of pods"
+            " and of processes per pod",
+        ) from error
     if pods != dims.workers:
         raise PermanentError("PET_NNODES", f"{pods} pods, the plan has {dims.workers} workers")
     if pods > 1 and (rdzv_backend != "c10d" or not rdzv_endpoint):

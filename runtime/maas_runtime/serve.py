@@ -26,7 +26,7 @@ from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, ExitCode
 from maas_api.spec import ServingSpec
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
-from maas_runtime.http_server import Handler, HttpServer, Response
+from maas_runtime.http_server import DEFAULT_MAX_BODY_BYTES, Handler, HttpServer, Response
 from maas_runtime.model import InputSpec
 from maas_runtime.parallel_dims import replica_port
 from maas_runtime.pipeline import inference_schedule, pipeline_stages
@@ -90,8 +90,9 @@ def parse_inputs(body: bytes, spec: InputSpec, max_batch: int) -> torch.Tensor |
 
 
 def max_body_bytes(spec: InputSpec, max_batch: int) -> int:
-    """The largest predict request worth reading: max_batch inputs of generously written numbers."""
-    return 64 * 1024 + max_batch * math.prod(spec.shape) * JSON_BYTES_PER_NUMBER
+    """The largest predict request worth reading: max_batch inputs of generously written numbers, plus the
+    room any request gets."""
+    return DEFAULT_MAX_BODY_BYTES + max_batch * math.prod(spec.shape) * JSON_BYTES_PER_NUMBER
 
 
 @dataclass
