@@ -37,6 +37,7 @@ from maas_runtime.serve import (
     parse_inputs,
 )
 from maas_runtime.stages import StageModule, stage_layouts
+from maas_runtime.train import MAX_STATS_WINDOW, STATS_PERIOD_SECONDS, StatsWindow, StepRecord
 from maas_runtime.worker import prepare_model
 
 from tests.manifests import REPO
@@ -293,6 +294,34 @@ def test_the_agent_refuses_a_launch_that_would_wait_forever(
     assert refusal("--nnodes", "2", *rendezvous).startswith(
         "maas_runtime.agent: exit 78: MAAS_PLAN_PATH: cannot read"
     )
+
+
+def test_stats_windows_last_about_half_a_second() -> None:
+    """Every process derives the next window from the same reduced step times (one process here)."""
+
+    def window(
+        seconds: float, losses: list[float | None], stop: bool = False
+    ) -> tuple[bool, list[float | None], int]:
+        records = [
+            StepRecord(
+                step=i,
+                samples_seen=i,
+                seconds=seconds,
+                ended=0.0,
+                cpu_time=0.0,
+                loss=None if loss is None else torch.tensor(loss),
+            )
+            for i, loss in enumerate(losses)
+        ]
+        return StatsWindow.reduce(records, stop, torch.device("cpu")).result()
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        assert window(0.01, [0.5, None]) == (False, [0.5, None], int(STATS_PERIOD_SECONDS / 0.01))
+        assert window(2.0, [1.0], stop=True) == (True, [1.0], 1)
+        assert window(1e-6, [None])[2] == MAX_STATS_WINDOW
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # --- serving and progress -----------------------------------------------------------------------------
