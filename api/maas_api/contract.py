@@ -36,12 +36,14 @@ class ExitCode(IntEnum):
     SUCCESS = 0
     """Training finished all steps, or serving drained after SIGTERM."""
     UNCAUGHT_ERROR = 1
-    """An exception the runtime did not classify (user code bug): permanent by default, as in Kubeflow."""
+    """The user's model code (factory, weight initialisation, forward) raised, whatever the exception and its
+    message, or an error the runtime did not classify: permanent by default, as in Kubeflow."""
     RETRYABLE = 75
-    """A transient failure (peer lost, rendezvous timeout, communication error), or training stopped by
-    SIGTERM after saving its checkpoint: restart the gang."""
+    """A transient failure (rendezvous failed, peer lost, a collective failed or timed out), or training
+    stopped by SIGTERM after saving its checkpoint: restart the gang."""
     PERMANENT = 78
-    """Bad input that a restart cannot fix: invalid plan, unknown model or factory, missing data path."""
+    """Bad input that a restart cannot fix: invalid plan, missing or wrong environment (MAAS_WORKER_INDEX,
+    rendezvous settings), unknown model or factory, missing data path."""
 
 
 # Default exit-code handling when no spec.failurePolicy.exitCodes rule matches (Kubeflow's permanent set

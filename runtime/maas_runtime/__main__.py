@@ -1,9 +1,11 @@
 """`python -m maas_runtime`: one worker process. The only place where errors become exit codes.
 
-Exit codes (maas_api.contract.ExitCode): 0 done (all steps, or serving drained after SIGTERM); 75 retryable
-(peer lost, communication error or timeout, training stopped by SIGTERM after its checkpoint); 78 permanent
-(bad plan, model reference or arguments, missing data); 1 anything else. The reason is one line on stderr
-that starts with `maas_runtime:` and names the plan field to fix.
+Exit codes (maas_api.contract.ExitCode), decided by where an error happened and its type (maas_runtime.errors):
+0 done (all steps, or serving drained after SIGTERM); 75 retryable (rendezvous failed, peer lost, a
+collective failed or timed out, training stopped by SIGTERM after its checkpoint); 78 permanent (bad plan,
+environment, model reference or arguments, missing data); 1 the user's model code raised (whatever the
+error), or anything else. The reason is one line on stderr that starts with `maas_runtime:` and names the
+plan field or variable to fix.
 """
 
 from __future__ import annotations

@@ -7,14 +7,19 @@ same flags and `PET_*` environment variables (torchrun's own argument parser), a
 - 0 when every worker succeeded;
 - 78 when any worker exited 78 (a restart cannot help);
 - otherwise the code of the first worker that failed (a signal N becomes 128+N, e.g. 137 for OOM kills);
-- 75 when the rendezvous failed or timed out, 128+N when the agent itself got signal N (SIGTERM: 143).
+- 75 when the rendezvous failed or timed out, 128+N when the agent itself got signal N (SIGTERM: 143);
+- 78 at once, before the rendezvous, when the plan, the rendezvous settings, the pod count or
+  MAAS_WORKER_INDEX are wrong (`check_launch`).
 """
 
 from __future__ import annotations
 
 import sys
 
+from maas_api import contract
 from maas_api.contract import ExitCode
+
+from maas_runtime.errors import PermanentError
 
 
 def signal_code(code: int) -> int:
@@ -32,6 +37,38 @@ def pod_exit_code(failures: list[tuple[float, int]]) -> int:
     return signal_code(min(failures)[1])
 
 
+def check_launch(nnodes: str, nproc_per_node: str, rdzv_backend: str, rdzv_endpoint: str) -> None:
+    """Checks before the rendezvous, where a mistake would make every pod wait for the others forever:
+    rendezvous settings, the worker index and the plan against the number of pods and processes."""
+    from maas_runtime.parallel_dims import ParallelDims, TorchrunEnv, check_world
+    from maas_runtime.plan_file import load_plan, plan_path
+
+    plan = load_plan(plan_path())
+    dims = ParallelDims.from_plan(plan)
+    try:
+        pods = int(nnodes.rpartition(":")[2])
+        processes = int(nproc_per_node)
+    except ValueError as error:
+        raise PermanentError(
+            "PET_NNODES",
+            f"PET_NNODES={nnodes!r} and PET_NPROC_PER_NODE={nproc_per_node!r} must be the numbers of pods"
+            " and of processes per pod",
+        ) from error
+    if pods != dims.workers:
+        raise PermanentError("PET_NNODES", f"{pods} pods, the plan has {dims.workers} workers")
+    if pods > 1 and (rdzv_backend != "c10d" or not rdzv_endpoint):
+        raise PermanentError(
+            "PET_RDZV_ENDPOINT",
+            f"{pods} pods need PET_RDZV_BACKEND=c10d and PET_RDZV_ENDPOINT=<worker 0's host>:"
+            f"{contract.RENDEZVOUS_PORT} (got backend {rdzv_backend!r}, endpoint {rdzv_endpoint!r})",
+        )
+    # The same check the workers make once started (processes per pod, MAAS_WORKER_INDEX).
+    env = TorchrunEnv(
+        rank=0, world_size=pods * processes, local_rank=0, local_world_size=processes, group_rank=0
+    )
+    check_world(dims, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -40,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     flags = sys.argv[1:] if argv is None else argv
     args = parse_args([*flags, "--module", "maas_runtime"])  # type: ignore[no-untyped-call]
+    try:
+        check_launch(args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint)
+    except PermanentError as error:
+        print(f"maas_runtime.agent: exit {int(ExitCode.PERMANENT)}: {error}", file=sys.stderr)
+        return int(ExitCode.PERMANENT)
     try:
         run(args)  # type: ignore[no-untyped-call]
     except ChildFailedError as error:

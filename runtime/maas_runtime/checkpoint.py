@@ -57,12 +57,16 @@ def complete_steps(root: Path) -> list[int]:
 
 
 class Checkpointer:
+    """Saves and loads `model` and `optimizer` (None for parameter-free stages, which have no optimizer)."""
+
     def __init__(
-        self, spec: CheckpointSpec, job: str, model: nn.Module, optimizer: torch.optim.Optimizer
+        self, spec: CheckpointSpec, job: str, model: nn.Module, optimizer: torch.optim.Optimizer | None
     ) -> None:
         self.root = Path(spec.mount_path) / job
         self.interval = spec.interval_steps
         self.model, self.optimizer = model, optimizer
+        # Parameter-free stages (activations) may have no state at all, which get_model_state_dict refuses.
+        self._has_model_state = bool(model.state_dict())
 
     def path(self, step: int) -> Path:
         return self.root / f"step-{step}"
@@ -75,14 +79,16 @@ class Checkpointer:
         return answer[0]
 
     def _state(self, trainer: TrainerState) -> dict[str, Any]:
-        return {
-            "model": get_model_state_dict(self.model),
-            "optim": get_optimizer_state_dict(self.model, self.optimizer, options=OPTIONS),
+        state: dict[str, Any] = {
+            "model": get_model_state_dict(self.model) if self._has_model_state else {},
             "trainer": {
                 "step": torch.tensor(trainer.step, dtype=torch.int64),
                 "samples_seen": torch.tensor(trainer.samples_seen, dtype=torch.int64),
             },
         }
+        if self.optimizer is not None:
+            state["optim"] = get_optimizer_state_dict(self.model, self.optimizer, options=OPTIONS)
+        return state
 
     def save(self, trainer: TrainerState) -> Path:
         path = self.path(trainer.step)
@@ -100,7 +106,16 @@ class Checkpointer:
     def load(self, step: int) -> TrainerState:
         state = self._state(TrainerState(step=0, samples_seen=0))
         dcp_load(state, checkpoint_id=self.path(step))
-        set_model_state_dict(self.model, state["model"])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=OPTIONS)
+        if self._has_model_state:
+            set_model_state_dict(self.model, state["model"])
+        if self.optimizer is not None:
+            # The checkpoint holds the optimizer's state (moments, step counts); its settings (learning rate,
+            # weight decay, ...) are the job's, which may have changed since the checkpoint was written.
+            settings = [
+                {k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups
+            ]
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=OPTIONS)
+            for group, job_settings in zip(self.optimizer.param_groups, settings, strict=True):
+                group.update(job_settings)
         trainer = state["trainer"]
         return TrainerState(step=int(trainer["step"]), samples_seen=int(trainer["samples_seen"]))

@@ -1,8 +1,15 @@
 """Run a plan on this machine: every worker's processes under one torchrun agent (`elastic_launch`).
 
-Used by tests and benchmarks: `run(plan, workdir)` writes the plan file, starts a launcher subprocess
-(`python -m maas_runtime.launch`, standalone c10d rendezvous, CPU/gloo when no GPU is visible) and returns
-each rank's exit code, stdout and stderr. `start()` returns a handle to signal workers while they run.
+    maas plan -f job.yaml -o json > plan.json
+    python -m maas_runtime.launch --plan plan.json [--workdir DIR]
+
+runs one process per worker and GPU (CPU/gloo when no GPU is visible), each worker's output shown with
+its rank and kept under DIR/logs, and exits with the workers' exit code, as a pod would
+(`maas_runtime.agent.pod_exit_code`: 0 when all succeeded, 78 when any failed permanently, else the first
+failure's code). Serve jobs: replica r listens on serving.port + r (and the progress port + r).
+
+Tests and benchmarks use `run(plan, workdir)` (writes the plan, starts the launcher as a subprocess and
+returns each rank's exit code, stdout and stderr) and `start()` (a handle to signal workers while they run).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +32,7 @@ from typing import Any
 
 from maas_api import contract
 from maas_api.catalog import model_profile
-from maas_api.contract import PLAN_PATH_ENV, PROGRESS_PORT_ENV
+from maas_api.contract import PLAN_PATH_ENV, PROGRESS_PORT_ENV, ExitCode
 from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan, bubble_fraction
 from maas_api.spec import (
     BalanceBy,
@@ -38,7 +46,11 @@ from maas_api.spec import (
     TrainingSpec,
 )
 
+from maas_runtime.agent import pod_exit_code
+from maas_runtime.errors import PermanentError
 from maas_runtime.parallel_dims import LOCAL_LAUNCH_ENV
+from maas_runtime.plan_file import load_plan
+from maas_runtime.progress import LINGER_ENV
 
 EXIT_LINE = re.compile(r"^maas_runtime: exit (-?\d+)", re.MULTILINE)
 
@@ -50,10 +62,13 @@ class LaunchResult:
     stdout: dict[int, str]
     stderr: dict[int, str]
     launcher_output: str
+    exit_code: int | None = None
+    """The launcher's own exit code: the workers' code as a pod reports it (None: it was killed)."""
 
     @property
     def ok(self) -> bool:
-        return bool(self.exit_codes) and all(code == 0 for code in self.exit_codes.values())
+        workers_ok = bool(self.exit_codes) and all(code == 0 for code in self.exit_codes.values())
+        return workers_ok and self.exit_code == 0
 
     def events(self, name: str, rank: int | None = None) -> list[dict[str, Any]]:
         """The JSON log lines with `"event": name` (of one rank, or of all ranks in rank order)."""
@@ -68,7 +83,10 @@ class LaunchResult:
 
     def describe(self) -> str:
         """Everything, for assertion messages."""
-        parts = [f"exit codes: {self.exit_codes}", f"launcher:\n{self.launcher_output[-3000:]}"]
+        parts = [
+            f"exit codes: {self.exit_codes}, launcher {self.exit_code}",
+            f"launcher:\n{self.launcher_output[-3000:]}",
+        ]
         for rank in sorted(self.stderr):
             parts.append(f"--- rank {rank} stderr:\n{self.stderr[rank][-3000:]}")
         return "\n".join(parts)
@@ -200,10 +218,11 @@ class LocalJob:
         output = (
             (self.workdir / "launcher.log").read_text() if (self.workdir / "launcher.log").exists() else ""
         )
-        return collect(self.workdir, self.world_size, output)
+        code = self.process.returncode
+        return collect(self.workdir, self.world_size, output, code if code >= 0 else None)
 
 
-def collect(workdir: Path, world_size: int, launcher_output: str) -> LaunchResult:
+def collect(workdir: Path, world_size: int, launcher_output: str, exit_code: int | None) -> LaunchResult:
     stdout: dict[int, str] = {}
     stderr: dict[int, str] = {}
     for rank in range(world_size):
@@ -218,21 +237,20 @@ def collect(workdir: Path, world_size: int, launcher_output: str) -> LaunchResul
         else:
             lines = EXIT_LINE.findall(stderr[rank])
             codes[rank] = int(lines[-1]) if lines else None
-    return LaunchResult(codes, stdout, stderr, launcher_output)
+    return LaunchResult(codes, stdout, stderr, launcher_output, exit_code)
 
 
 def start(plan: Plan, workdir: Path, env: dict[str, str] | None = None) -> LocalJob:
     workdir.mkdir(parents=True, exist_ok=True)
     plan_file = write_plan(plan, workdir / "plan.json")
     # Port 0: an ephemeral progress port, so several local jobs never collide on the default one.
-    child_env = {PROGRESS_PORT_ENV: "0", **os.environ, PLAN_PATH_ENV: str(plan_file), LOCAL_LAUNCH_ENV: "1"}
-    child_env |= env or {}
+    child_env = {PROGRESS_PORT_ENV: "0", **os.environ, **(env or {})}
     command = [
         sys.executable,
         "-m",
         "maas_runtime.launch",
-        "--nproc",
-        str(plan.world_size),
+        "--plan",
+        str(plan_file),
         "--workdir",
         str(workdir),
     ]
@@ -246,39 +264,66 @@ def run(plan: Plan, workdir: Path, env: dict[str, str] | None = None, timeout: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The launcher process: one elastic agent running `python -m maas_runtime` nproc times."""
+    """The launcher process: one elastic agent running `python -m maas_runtime` once per process of the plan."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    parser = argparse.ArgumentParser(prog="python -m maas_runtime.launch")
-    parser.add_argument("--nproc", type=int, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m maas_runtime.launch",
+        description="Run every worker of a plan on this machine; exit with the workers' exit code.",
+    )
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        default=os.environ.get(PLAN_PATH_ENV),
+        help=f"the plan file (`maas plan -f job.yaml -o json`); default ${PLAN_PATH_ENV}",
+    )
+    parser.add_argument("--workdir", type=Path, help="where logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
+    if args.plan is None:
+        parser.error(f"give the plan with --plan PLAN (or set {PLAN_PATH_ENV})")
+    try:
+        plan = load_plan(args.plan)
+    except PermanentError as error:
+        reason = str(error).replace(f"{PLAN_PATH_ENV}:", "--plan:", 1)  # the flag is what the user gave
+        print(f"maas_runtime.launch: exit {int(ExitCode.PERMANENT)}: {reason}", file=sys.stderr)
+        return int(ExitCode.PERMANENT)
+    workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix=f"maas-{plan.job}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    # The workers inherit these: the plan, and that their worker index comes from their rank here.
+    os.environ[PLAN_PATH_ENV] = str(args.plan.resolve())
+    os.environ[LOCAL_LAUNCH_ENV] = "1"
+    os.environ.setdefault(LINGER_ENV, "0")  # no operator polls a local run's /progress
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=args.nproc,
+        nproc_per_node=plan.world_size,
         run_id=uuid.uuid4().hex,
         rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=0.1,
-        logs_specs=DefaultLogsSpecs(log_dir=str(args.workdir / "logs"), redirects=Std.ALL),
+        logs_specs=DefaultLogsSpecs(log_dir=str(workdir / "logs"), redirects=Std.ALL, tee=Std.ALL),
     )
+    failures: list[tuple[float, int]] = []
     codes: dict[int, int] = {}
     started = time.monotonic()
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "maas_runtime")
-        codes = dict.fromkeys(range(args.nproc), 0)
+        codes = dict.fromkeys(range(plan.world_size), 0)
     except ChildFailedError as error:
         codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
-    (args.workdir / "result.json").write_text(json.dumps(codes))
+        failures = [(float(failure.timestamp), failure.exitcode) for failure in error.failures.values()]
+    code = pod_exit_code(failures)
+    (workdir / "result.json").write_text(json.dumps(codes))
     print(
-        f"launcher: {args.nproc} processes, {time.monotonic() - started:.1f} s, exit codes {codes}",
+        f"maas_runtime.launch: {plan.world_size} processes, {time.monotonic() - started:.1f} s, exit codes"
+        f" {codes}, logs in {workdir}: exit {code}",
+        file=sys.stderr,
         flush=True,
     )
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from maas_api.spec import ModelSpec
 from torch import nn
 
 from maas_runtime.catalog_models import build_catalog_model
-from maas_runtime.errors import PermanentError
+from maas_runtime.errors import PermanentError, as_user_error, user_code
 
 Units = Mapping[str, nn.Module] | nn.ModuleDict
 """Units by name: an nn.ModuleDict or any mapping of modules."""
@@ -121,6 +121,8 @@ def build_meta_model(spec: ModelSpec) -> ModelInfo:
                     "plan.model.args",
                     f"{spec.factory} rejected {spec.args} ({type(error).__name__}: {error})",
                 ) from error
+            except Exception as error:
+                raise as_user_error(f"the model factory {spec.factory}", error) from error
             where = "plan.model.factory"
             if not isinstance(model, nn.ModuleDict):
                 raise PermanentError(
@@ -174,13 +176,14 @@ def materialize(units: Units, device: torch.device, dtype: torch.dtype) -> None:
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(unit_seed(name))
             init = getattr(unit, "init_weights", None)
-            if callable(init):
-                init()
-            else:
-                for module in unit.modules():
-                    reset = getattr(module, "reset_parameters", None)
-                    if callable(reset):
-                        reset()
+            with user_code(f"unit {name!r} weight initialisation"):
+                if callable(init):
+                    init()
+                else:
+                    for module in unit.modules():
+                        reset = getattr(module, "reset_parameters", None)
+                        if callable(reset):
+                            reset()
         missed = [n for n, t in [*unit.named_parameters(), *unit.named_buffers()] if t.isnan().any()]
         if missed:
             raise PermanentError(
@@ -193,9 +196,10 @@ def materialize(units: Units, device: torch.device, dtype: torch.dtype) -> None:
 
 def run_model(units: Units, heads: Sequence[str], x: torch.Tensor) -> torch.Tensor:
     """The whole model's forward pass: the trunk in order, then the heads concatenated (the reference)."""
-    for name, unit in units.items():
-        if name not in heads:
-            x = unit(x)
-    if not heads:
-        return x
-    return torch.cat([units[name](x) for name in heads], dim=-1)
+    with user_code("the model's forward"):
+        for name, unit in units.items():
+            if name not in heads:
+                x = unit(x)
+        if not heads:
+            return x
+        return torch.cat([units[name](x) for name in heads], dim=-1)

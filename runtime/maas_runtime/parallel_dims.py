@@ -8,9 +8,9 @@ The mesh has shape (replicas, pipelineDegree, procsPerWorker), dims ("replica", 
 
 torchrun's c10d rendezvous numbers nodes by sorted host name and pid, not by `--node-rank`, so torchrun's
 rank need not match the worker the operator placed a pod as. Each process therefore joins the process
-group with the contract's rank for its worker index (env MAAS_WORKER_INDEX, else torchrun's GROUP_RANK),
-which keeps every stage on the node the planner chose. (DeviceMesh cannot do this remapping: its groups
-order their ranks by number.)
+group with the contract's rank for its worker index (env MAAS_WORKER_INDEX, required), which keeps every
+stage on the node the planner chose. (DeviceMesh cannot do this remapping: its groups order their ranks by
+number.)
 """
 
 from __future__ import annotations
@@ -127,6 +127,15 @@ LOCAL_LAUNCH_ENV = "MAAS_LOCAL_LAUNCH"
 """Set by maas_runtime.launch: every worker of the plan runs under one torchrun (one machine)."""
 
 
+def replica_port(port: int, replica: int) -> int:
+    """The port replica `replica` listens on: in a cluster each replica has its own pod IP, so `port`; on one
+    machine (maas_runtime.launch) replica r takes port + r so that the replicas do not collide. 0 stays 0
+    (an ephemeral port)."""
+    if os.environ.get(LOCAL_LAUNCH_ENV) == "1" and port != 0:
+        return port + replica
+    return port
+
+
 def check_world(dims: ParallelDims, env: TorchrunEnv) -> tuple[int, int]:
     """Check torchrun's numbers against the plan; returns (worker index, local rank within the worker)."""
     if env.world_size != dims.world_size:
@@ -145,7 +154,12 @@ def check_world(dims: ParallelDims, env: TorchrunEnv) -> tuple[int, int]:
         )
     raw = os.environ.get(contract.WORKER_INDEX_ENV)
     if raw is None:
-        return env.group_rank, env.local_rank
+        # Falling back to rendezvous order would run stages on nodes the planner did not choose.
+        raise PermanentError(
+            contract.WORKER_INDEX_ENV,
+            "not set: every worker pod needs its worker index (the operator sets it); run a whole plan on one"
+            " machine with `python -m maas_runtime.launch --plan PLAN`",
+        )
     try:
         worker = int(raw)
     except ValueError as error:

@@ -6,8 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from maas_api.contract import PLAN_PATH, PLAN_PATH_ENV
+from maas_api.batch import BatchError, process_batch
+from maas_api.contract import PLAN_PATH, PLAN_PATH_ENV, processes_per_worker
 from maas_api.plan import PLAN_FORMAT_VERSION, Plan
+from maas_api.spec import TrainingSpec
 from pydantic import ValidationError
 
 from maas_runtime.errors import PermanentError
@@ -68,3 +70,12 @@ def check_plan(plan: Plan) -> None:
             )
     if plan.mode == "Serve" and plan.serving is None:
         raise PermanentError("plan.serving", "mode Serve needs serving settings")
+    training = plan.training or TrainingSpec()
+    if plan.mode == "Train":
+        # The same arithmetic the planner used (maas_api.batch): equal per-process microbatches.
+        try:
+            process_batch(
+                False, training.batch_size, processes_per_worker(plan.gpus_per_worker), plan.microbatches
+            )
+        except BatchError as error:
+            raise PermanentError("plan.microbatches", str(error)) from error

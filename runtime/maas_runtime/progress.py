@@ -1,11 +1,17 @@
-"""Training progress for the `/progress` (JSON) and `/metrics` (Prometheus text) endpoints on rank 0."""
+"""Training progress for the `/progress` (JSON) and `/metrics` (Prometheus text) endpoints on rank 0.
+
+The endpoint outlives training: after the last step rank 0 keeps it up until `/progress` answered once with
+phase Finished (or $MAAS_PROGRESS_LINGER_SECONDS passed), so a poller sees the end, not a closed port.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 
+from maas_runtime.errors import PermanentError
 from maas_runtime.http_server import HttpServer, Response
 
 
@@ -16,6 +22,24 @@ def prometheus_text(metrics: list[tuple[str, str, str, float]], labels: dict[str
     for name, kind, help_text, value in metrics:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{{{label_text}}} {value!r}"]
     return "\n".join(lines) + "\n"
+
+
+FINISHED = "Finished"
+"""The phase once every step ran and the last checkpoint is saved."""
+LINGER_ENV = "MAAS_PROGRESS_LINGER_SECONDS"
+"""How long rank 0 keeps `/progress` up after training finished, until someone read the final state."""
+DEFAULT_LINGER_SECONDS = 30.0
+
+
+def linger_seconds() -> float:
+    raw = os.environ.get(LINGER_ENV) or str(DEFAULT_LINGER_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise PermanentError(LINGER_ENV, f"{raw!r} is not a number of seconds")
+    return seconds
 
 
 @dataclass
@@ -32,6 +56,8 @@ class TrainProgress:
     samples_seen: int = 0
     last_checkpoint_step: int | None = None
     started: float = field(default_factory=time.time)
+    final_state_served: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set once `/progress` answered with phase Finished."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **changes: object) -> None:
@@ -41,6 +67,8 @@ class TrainProgress:
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
+            if self.phase == FINISHED:
+                self.final_state_served.set()
             return {
                 "job": self.job,
                 "namespace": self.namespace,

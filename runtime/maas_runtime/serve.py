@@ -14,6 +14,7 @@ first stage stops new requests, finishes the queued ones, tells the other stages
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import threading
@@ -27,7 +28,9 @@ from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, ExitCode
 from maas_api.spec import ServingSpec
 from torch.distributed.pipelining.schedules import _PipelineSchedule
 
-from maas_runtime.http_server import Handler, HttpServer, Response
+from maas_runtime.http_server import DEFAULT_MAX_BODY_BYTES, Handler, HttpServer, Response
+from maas_runtime.model import InputSpec
+from maas_runtime.parallel_dims import replica_port
 from maas_runtime.pipeline import inference_schedule, pipeline_stages
 from maas_runtime.progress import prometheus_text
 from maas_runtime.stages import StageModule
@@ -37,6 +40,45 @@ IDLE, RUN, STOP = 0, 1, 2
 """Control commands broadcast by the first stage."""
 HEARTBEAT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 120.0
+JSON_BYTES_PER_NUMBER = 32
+"""Room for one number in a request body: `-1.2345678901234567e-308, ` with spaces to spare."""
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def parse_inputs(body: bytes, spec: InputSpec, max_batch: int) -> torch.Tensor | str:
+    """The inputs of a predict request, or why they are refused (whatever the client sent)."""
+    usage = 'the body must be {"inputs": [input, ...]}'
+    try:
+        payload = json.loads(body, parse_constant=_not_json)
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+        return f"{usage}: {type(error).__name__}: {error}"
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        return usage
+    try:
+        inputs = torch.tensor(payload["inputs"])
+    except Exception as error:  # ragged lists, strings, objects, integers beyond 64 bits
+        return f"{usage}, each input a (nested) list of numbers of shape {list(spec.shape)} ({error})"
+    if inputs.dim() == 0 or tuple(inputs.shape[1:]) != spec.shape or len(inputs) == 0:
+        return f"each input must have shape {list(spec.shape)}, got {list(inputs.shape[1:])}"
+    if inputs.dtype == torch.bool or (inputs.is_floating_point() and not spec.dtype.is_floating_point):
+        return f"inputs must be {'numbers' if spec.dtype.is_floating_point else 'integers'}"
+    if len(inputs) > max_batch:
+        return f"at most serving.maxBatchSize={max_batch} inputs per request"
+    if spec.high is not None and (inputs.min() < 0 or inputs.max() >= spec.high):
+        return f"token ids must be in [0, {spec.high})"
+    converted = inputs.to(spec.dtype)
+    if converted.is_floating_point() and not bool(torch.isfinite(converted).all()):
+        return f"inputs must be finite {spec.dtype} numbers"
+    return converted
+
+
+def max_body_bytes(spec: InputSpec, max_batch: int) -> int:
+    """The largest predict request worth reading: max_batch inputs of generously written numbers, plus the
+    room any request gets."""
+    return DEFAULT_MAX_BODY_BYTES + max_batch * math.prod(spec.shape) * JSON_BYTES_PER_NUMBER
 
 
 @dataclass
@@ -162,29 +204,19 @@ class Frontend:
         if not self.stats.ready or self.stats.draining:
             self.stats.add(rejected=1)
             return Response.json(503, {"error": "not ready" if not self.stats.ready else "shutting down"})
-        spec = self.worker.model.input_spec
-        try:
-            samples = json.loads(body)["inputs"]
-            inputs = torch.tensor(samples, dtype=spec.dtype)
-        except (ValueError, KeyError, TypeError) as error:
+        inputs = parse_inputs(body, self.worker.model.input_spec, self.serving.max_batch_size)
+        if isinstance(inputs, str):
             self.stats.add(rejected=1)
-            return Response.json(400, {"error": f'body must be {{"inputs": [[...], ...]}} ({error})'})
-        problem = None
-        if inputs.dim() == 0 or tuple(inputs.shape[1:]) != spec.shape or len(inputs) == 0:
-            problem = f"each input must have shape {list(spec.shape)}, got {list(inputs.shape[1:])}"
-        elif len(inputs) > self.serving.max_batch_size:
-            problem = f"at most serving.maxBatchSize={self.serving.max_batch_size} inputs per request"
-        elif spec.high is not None and (inputs.min() < 0 or inputs.max() >= spec.high):
-            problem = f"token ids must be in [0, {spec.high})"
-        if problem:
-            self.stats.add(rejected=1)
-            return Response.json(400, {"error": problem})
+            return Response.json(400, {"error": inputs})
         request = PendingRequest(inputs)
         self.batcher.submit(request)
         if not request.done.wait(REQUEST_TIMEOUT_SECONDS) or request.outputs is None:
             return Response.json(504, {"error": "the pipeline did not answer in time"})
         self.stats.add(requests=1, samples=len(inputs))
-        return Response.json(200, {"outputs": request.outputs.float().tolist()})
+        outputs = request.outputs.float()
+        if not bool(torch.isfinite(outputs).all()):
+            return Response.json(500, {"error": "the model's outputs for these inputs are not finite"})
+        return Response.json(200, {"outputs": outputs.tolist()})
 
     def healthz(self, _: bytes) -> Response:
         if self.stats.ready and not self.stats.draining:
@@ -252,11 +284,13 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
     servers: list[HttpServer] = []
     if worker.coords.local_rank == 0:
         routes = frontend.routes()
-        servers.append(HttpServer(serving.port, routes))
+        replica = worker.coords.replica
+        limit = max_body_bytes(worker.model.input_spec, serving.max_batch_size)
+        servers.append(HttpServer(replica_port(serving.port, replica), routes, max_body_bytes=limit))
         progress_port = int(os.environ.get(PROGRESS_PORT_ENV) or DEFAULT_PROGRESS_PORT)
         if progress_port != serving.port:
             keep = {key: routes[key] for key in (("GET", "/metrics"), ("GET", "/progress"))}
-            servers.append(HttpServer(progress_port, keep))
+            servers.append(HttpServer(replica_port(progress_port, replica), keep))
     sizes = pipeline.buckets
     multi = worker.dims.pipeline_degree > 1
     try:
@@ -267,7 +301,10 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
         stats.ready = True
         microbatches = [pipeline.microbatches[size] for size in sizes]
         worker.log(
-            "serving", port=serving.port if servers else None, buckets=sizes, microbatches=microbatches
+            "serving",
+            port=servers[0].port if servers else None,
+            buckets=sizes,
+            microbatches=microbatches,
         )
         while True:
             if worker.terminate.is_set():

@@ -15,7 +15,7 @@ import torch
 from maas_api.plan import Plan
 from torch import nn
 
-from maas_runtime.errors import PermanentError
+from maas_runtime.errors import PermanentError, as_user_error
 from maas_runtime.model import InputSpec, Units, run_model
 
 
@@ -65,6 +65,15 @@ class StageModule(nn.Module):
         self.units = nn.ModuleDict({name: units[name] for name in (*layout.trunk, *layout.heads)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._forward(x)
+        except Exception as error:
+            wrapped = as_user_error(f"plan.stages[{self.layout.index}] forward", error)
+            if wrapped is error:
+                raise
+            raise wrapped from error
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         layout = self.layout
         if layout.after_heads:
             trunk, parts = x[..., : self.trunk_width], [x[..., self.trunk_width :]]

@@ -1,10 +1,13 @@
 """Train mode: the step loop, loss and progress reporting, checkpoints and SIGTERM.
 
-Each step ends with one small all-reduce over the whole job of [stop requested, loss sum, loss count]: it
-averages the last stages' losses over replicas for rank 0's progress endpoint and makes every process
-agree to stop (and checkpoint) at the same step when any of them got SIGTERM. It runs asynchronously and
-is read one step later, so it never holds up the pipeline: step N's loss is reported, and a SIGTERM seen
-in step N stops training with a checkpoint, at the end of step N+1 (the same step on every process).
+Steps are reported in windows: at the end of a window every process joins one small all-reduce over the
+whole job of [stop requested, step time, and each step's loss sum and count]. It averages the last stages'
+losses over replicas for rank 0's progress endpoint and makes every process agree to stop (and checkpoint)
+at the same step when any of them got SIGTERM. It runs asynchronously and is read one step later, so it
+never holds up the pipeline. A window lasts about STATS_PERIOD_SECONDS (one step when steps are slower): a
+collective per step would cost fast steps a millisecond or more on gloo, while a SIGTERM must still stop
+training within about that period. Every process computes the next window's length from the same reduced
+numbers, so they all agree on it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from maas_runtime.data_parallel import apply_data_parallel
 from maas_runtime.errors import PermanentError, RetryableError
 from maas_runtime.losses import loss_function
 from maas_runtime.pipeline import pipeline_stages, training_schedule
-from maas_runtime.progress import TrainProgress, serve_progress
+from maas_runtime.progress import FINISHED, TrainProgress, linger_seconds, serve_progress
 from maas_runtime.worker import Worker
 
 
@@ -49,32 +52,66 @@ def progress_port() -> int:
     return int(raw)
 
 
-@dataclass
-class StepStats:
-    """One step's [stop requested, loss sum, loss count], being summed over the job in the background."""
+STATS_PERIOD_SECONDS = 0.5
+"""Target time between two job-wide stats all-reduces (and the latency of a SIGTERM's stop)."""
+MAX_STATS_WINDOW = 100
+"""Most steps in one stats window."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What this process saw of one step."""
 
     step: int
     samples_seen: int
     seconds: float
     ended: float
     cpu_time: float
-    values: torch.Tensor
-    work: dist.Work | None
+    loss: torch.Tensor | None
+    """Mean loss of the step's microbatches (last stages only)."""
 
-    def result(self) -> tuple[bool, float | None]:
-        """(stop requested anywhere, loss averaged over replicas)."""
-        if self.work is not None:
-            self.work.wait()
-        stop, loss_sum, loss_count = self.values.tolist()
-        return stop > 0, (loss_sum / loss_count if loss_count else None)
+
+@dataclass
+class StatsWindow:
+    """Steps being summed over the job in the background: [stop, step microseconds, (loss sum, count) each]."""
+
+    records: list[StepRecord]
+    values: torch.Tensor
+    work: dist.Work
+
+    @classmethod
+    def reduce(cls, records: list[StepRecord], stop: bool, device: torch.device) -> StatsWindow:
+        values = torch.zeros(2 + 2 * len(records), dtype=torch.float64)
+        values[0] = float(stop)
+        # Whole microseconds: their sum is exact, so every process computes the same next window.
+        values[1] = sum(round(record.seconds * 1e6) for record in records)
+        for i, record in enumerate(records):
+            if record.loss is not None:
+                values[2 + 2 * i] = record.loss
+                values[3 + 2 * i] = 1.0
+        values = values.to(device)
+        return cls(records, values, dist.all_reduce(values, async_op=True))
+
+    def result(self) -> tuple[bool, list[float | None], int]:
+        """(stop requested anywhere, each step's loss averaged over replicas, steps in the next window)."""
+        self.work.wait()
+        values = self.values.tolist()
+        losses = [s / n if n else None for s, n in zip(values[2::2], values[3::2], strict=True)]
+        mean_step_seconds = values[1] / 1e6 / len(self.records) / dist.get_world_size()
+        period_steps = int(STATS_PERIOD_SECONDS / mean_step_seconds) if mean_step_seconds > 0 else 1
+        return values[0] > 0, losses, max(1, min(MAX_STATS_WINDOW, period_steps))
 
 
 def train(worker: Worker) -> ExitCode:
     plan, training = worker.plan, worker.training
     progress = TrainProgress(plan.job, plan.namespace, training.steps)
+    linger = linger_seconds()
     server = serve_progress(progress, progress_port()) if worker.rank == 0 else None
     try:
-        return _train(worker, progress)
+        code = _train(worker, progress)
+        if server is not None:
+            progress.final_state_served.wait(linger)
+        return code
     finally:
         if server is not None:
             server.close()
@@ -93,7 +130,9 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
     shapes = worker.shapes(batch.microbatch_size, training=True)
     stages = pipeline_stages(modules, shapes, worker.device, worker.pp_group)
     schedule = training_schedule(plan.schedule, stages, plan.microbatches, loss_function(training.loss))
-    optimizer = build_optimizer(training, local.parameters())
+    params = list(local.parameters())
+    # Stages of parameter-free units (activations, reshapes) have nothing to optimise.
+    optimizer = build_optimizer(training, params) if params else None
 
     samples: data.Samples | None = None
     if worker.has_first_stage or worker.has_last_stage:
@@ -120,26 +159,30 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
         phase="Training", step=state.step, samples_seen=state.samples_seen, last_checkpoint_step=saved_step
     )
 
-    def report(stats: StepStats) -> bool:
-        """Wait for a step's job-wide stats, publish them (rank 0); True when the job must stop."""
-        stop, loss = stats.result()
+    def report(window: StatsWindow) -> tuple[bool, int]:
+        """Wait for a window's job-wide stats and publish them (rank 0); (stop the job, next window size)."""
+        stop, losses, next_window = window.result()
         if worker.rank == 0:
-            rate = per_step / stats.seconds
+            for record, loss in zip(window.records, losses, strict=True):
+                rate = per_step / record.seconds
+                worker.log(
+                    "step",
+                    step=record.step,
+                    loss=loss,
+                    samplesPerSecond=rate,
+                    stepSeconds=record.seconds,
+                    time=record.ended,
+                    cpuTime=record.cpu_time,
+                )
+            last = window.records[-1]
             progress.update(
-                step=stats.step, loss=loss, samples_per_second=rate, samples_seen=stats.samples_seen
+                step=last.step, loss=losses[-1], samples_per_second=rate, samples_seen=last.samples_seen
             )
-            worker.log(
-                "step",
-                step=stats.step,
-                loss=loss,
-                samplesPerSecond=rate,
-                stepSeconds=stats.seconds,
-                time=stats.ended,
-                cpuTime=stats.cpu_time,
-            )
-        return stop
+        return stop, next_window
 
-    previous: StepStats | None = None
+    records: list[StepRecord] = []
+    pending: StatsWindow | None = None
+    window_end = state.step + 1
     while state.step < training.steps:
         started = time.perf_counter()
         losses: list[torch.Tensor] = []
@@ -153,27 +196,31 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
                 args = [samples.inputs(indices).to(worker.device, worker.model.input_spec.dtype)]
             if worker.has_last_stage:
                 target = samples.targets(indices).to(worker.device)
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         schedule.step(*args, target=target, losses=losses if worker.has_last_stage else None)
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
         state = TrainerState(step=state.step + 1, samples_seen=state.samples_seen + per_step)
-
-        values = torch.zeros(3, dtype=torch.float64, device=worker.device)
-        values[0] = float(worker.terminate.is_set())
-        if losses:
-            values[1] = torch.stack([loss.detach().double() for loss in losses]).mean()
-            values[2] = 1.0
-        current = StepStats(
-            step=state.step,
-            samples_seen=state.samples_seen,
-            seconds=time.perf_counter() - started,
-            ended=time.time(),
-            cpu_time=time.process_time(),
-            values=values,
-            work=dist.all_reduce(values, async_op=True),
+        records.append(
+            StepRecord(
+                step=state.step,
+                samples_seen=state.samples_seen,
+                seconds=time.perf_counter() - started,
+                ended=time.time(),
+                cpu_time=time.process_time(),
+                loss=torch.stack([loss.detach().double() for loss in losses]).mean() if losses else None,
+            )
         )
-        stop = previous is not None and report(previous)
-        previous = current
+
+        # Every process takes the same branches at the same steps: they depend on reduced values only.
+        stop = False
+        if pending is not None:
+            stop, window = report(pending)
+            window_end, pending = pending.records[-1].step + window, None
+        if state.step >= window_end or state.step == training.steps or stop:
+            pending = StatsWindow.reduce(records, worker.terminate.is_set(), worker.device)
+            records = []
 
         interval_due = checkpointer is not None and state.step % checkpointer.interval == 0
         if checkpointer is not None and (interval_due or stop or state.step == training.steps):
@@ -184,16 +231,17 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
             if worker.rank == 0:
                 worker.log("checkpoint", step=state.step, path=str(path))
         if stop:
-            report(current)
+            assert pending is not None
+            report(pending)
             kept = (
                 f"checkpoint step-{saved_step} saved"
                 if saved_step == state.step
                 else "no checkpoint configured"
             )
             raise RetryableError(f"terminated by SIGTERM after step {state.step} ({kept})")
-    if previous is not None:
-        report(previous)
-    progress.update(phase="Finished")
+    if pending is not None:
+        report(pending)
+    progress.update(phase=FINISHED)
     if worker.rank == 0:
         worker.log("finished", step=state.step, loss=progress.loss)
     return ExitCode.SUCCESS

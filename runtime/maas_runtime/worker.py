@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from maas_runtime import data
-from maas_runtime.errors import PermanentError
+from maas_runtime.errors import PermanentError, communication
 from maas_runtime.model import (
     InputSpec,
     ModelInfo,
@@ -192,8 +192,9 @@ def start_worker(plan: Plan, terminate: threading.Event) -> Worker:
     device, backend = select_device(env.local_rank)
     # Stage shapes are traced on meta first: materialising replaces the owned units' meta tensors.
     local_units, stage_modules = build_local_model(plan, setup, coords, device)
-    rank = init_distributed(dims, env, worker_index, local_rank, backend, device)
-    mesh = build_mesh(dims, device)
+    with communication("rendezvous"):
+        rank = init_distributed(dims, env, worker_index, local_rank, backend, device)
+        mesh = build_mesh(dims, device)
     worker = Worker(
         plan=plan,
         dims=dims,

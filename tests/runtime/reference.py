@@ -32,8 +32,14 @@ def full_model(plan: Plan) -> tuple[nn.ModuleDict, list[str]]:
     return units, plan_heads(plan)
 
 
-def reference_training(plan: Plan, replicas: list[int] | None = None) -> Reference:
-    """Train the whole model on each step's whole global batch (replicas: the replica count per step)."""
+def reference_training(
+    plan: Plan, replicas: list[int] | None = None, earlier: tuple[int, TrainingSpec] | None = None
+) -> Reference:
+    """Train the whole model on each step's whole global batch (replicas: the replica count per step).
+
+    `earlier=(n, spec)`: the first n steps ran with `spec`'s optimizer settings, then the job resumed with the
+    plan's: a fresh optimizer of the plan's settings takes over the optimizer state at step n.
+    """
     training = plan.training or TrainingSpec()
     setup = prepare_model(plan)
     units, heads = full_model(plan)
@@ -42,11 +48,17 @@ def reference_training(plan: Plan, replicas: list[int] | None = None) -> Referen
     order = data.SampleOrder(samples.size, plan.data.synthetic.seed if plan.data.synthetic else 0)
     if replicas is None:
         replicas = [plan.replicas] * training.steps
-    optimizer = build_optimizer(training, units.parameters())
+    resume_step, first_settings = earlier or (0, training)
+    optimizer = build_optimizer(first_settings, units.parameters())
     loss_fn = loss_function(training.loss)
     losses, seen = [], 0
     shard = plan.data.distribution == DataDistribution.SHARD
-    for count in replicas:
+    for step, count in enumerate(replicas):
+        if step == resume_step and earlier is not None:
+            resumed = build_optimizer(training, units.parameters())
+            groups = resumed.state_dict()["param_groups"]
+            resumed.load_state_dict({"state": optimizer.state_dict()["state"], "param_groups": groups})
+            optimizer = resumed
         per_step = samples_per_step(training.batch_size, count, shard)
         indices = order.indices(seen, per_step)
         optimizer.zero_grad()

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from maas_api.spec import ModelSpec
+from maas_api.spec import ModelSpec, UnitProfile
 
 from tests.manifests import REPO
 
@@ -30,10 +30,27 @@ TOLERANCE = 1e-5
 """Largest absolute difference allowed between a distributed run and its single-process reference (float32)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def factory_model(reference: str, units: list[str], **args: object) -> ModelSpec:
+    """A factory model with a placeholder profile (every unit costs the same)."""
+    profile = [
+        UnitProfile(name=u, params=1, flops_per_sample=1, activation_bytes_per_sample=1) for u in units
+    ]
+    return ModelSpec(factory=reference, args=args, profile=profile)
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A port free now, with the `consecutive - 1` ports after it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for following in range(port + 1, port + consecutive):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", following))
+        except OSError:
+            continue
+        return port
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:

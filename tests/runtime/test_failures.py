@@ -10,26 +10,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, UnitProfile, VolumeSource
-from maas_runtime.launch import child_pids, local_plan, write_plan
+from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, VolumeSource
+from maas_runtime.launch import child_pids, local_plan, run, write_plan
 
-from tests.runtime.support import TINY_MLP, WORKER_ENV, free_port, wait_until
+from tests.runtime.support import TINY_MLP, WORKER_ENV, factory_model, free_port, wait_until
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
 
 def _factory_model(reference: str, **args: object) -> ModelSpec:
-    units = ["enc_0", "enc_1", "scale", "dec_0"]
-    profile = [
-        UnitProfile(name=u, params=1, flops_per_sample=1, activation_bytes_per_sample=1) for u in units
-    ]
-    return ModelSpec(factory=reference, args=args, profile=profile)
+    return factory_model(reference, ["enc_0", "enc_1", "scale", "dec_0"], **args)
 
 
 def _start_worker(plan_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`python -m maas_runtime` as the only process of a job, with torchrun's environment."""
     torchrun = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0"}
-    full_env = {**os.environ, **WORKER_ENV, **torchrun, "MAAS_PLAN_PATH": str(plan_file), **(env or {})}
+    contract = {"MAAS_PLAN_PATH": str(plan_file), "MAAS_WORKER_INDEX": "0"}
+    full_env = {**os.environ, **WORKER_ENV, **torchrun, **contract, **(env or {})}
+    full_env = {name: value for name, value in full_env.items() if value}  # "" unsets
     command = [sys.executable, "-m", "maas_runtime"]
     return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -54,17 +52,56 @@ def test_bad_inputs_exit_78_with_the_field_named(tmp_path: Path) -> None:
         "plan.workers: the plan needs 2 processes (2 workers x 1), torchrun started 1 (WORLD_SIZE)": (
             local_plan("world", TINY_MLP, stages=2, microbatches=2, training=training)
         ),
+        "plan.microbatches: training.batchSize 5 does not split into 1 process(es) per worker"
+        " (resources.gpus) x 2 microbatches (parallelism.microbatches): make it a multiple of 2": (
+            local_plan("batch", TINY_MLP, microbatches=2, training=TrainingSpec(steps=1, batch_size=5))
+        ),
+        "MAAS_WORKER_INDEX: not set: every worker pod needs its worker index (the operator sets it); run a"
+        " whole plan on one machine with `python -m maas_runtime.launch --plan PLAN`": (
+            local_plan("index", TINY_MLP, training=training)
+        ),
     }
     workers = []
-    for i, plan in enumerate(cases.values()):
+    for i, (message, plan) in enumerate(cases.items()):
         plan_file = plan if isinstance(plan, Path) else write_plan(plan, tmp_path / f"plan-{i}.json")
-        workers.append(_start_worker(plan_file))
+        unset = {"MAAS_WORKER_INDEX": ""} if message.startswith("MAAS_WORKER_INDEX") else {}
+        workers.append(_start_worker(plan_file, unset))
     for message, worker in zip(cases, workers, strict=True):
         _, stderr = worker.communicate(timeout=120)
         assert (worker.returncode, stderr.strip().splitlines()[-1:]) == (
             78,
             [f"maas_runtime: exit 78: {message}"],
         )
+
+
+def test_user_code_failures_exit_1_whatever_their_message(tmp_path: Path) -> None:
+    """A factory that cannot reach a service is a bug of the job (exit 1), not a transient failure (75)."""
+    plan = local_plan("store", _factory_model("tests.runtime.factories:feature_store"))
+    worker = _start_worker(write_plan(plan, tmp_path / "plan.json"))
+    _, stderr = worker.communicate(timeout=120)
+    assert (worker.returncode, stderr.strip().splitlines()[-1]) == (
+        1,
+        "maas_runtime: exit 1: the model factory tests.runtime.factories:feature_store raised RuntimeError:"
+        " could not connect to the feature store",
+    )
+
+
+def test_the_launcher_exits_with_the_failing_workers_code(tmp_path: Path) -> None:
+    """Two stages; the last one's forward fails (user code) inside the pipeline schedule. Whatever torchrun
+    does to the first stage afterwards, the launcher reports the cause: exit 1."""
+    plan = local_plan(
+        "forward",
+        _factory_model("tests.runtime.factories:fails_in_forward"),
+        stages=2,
+        microbatches=2,
+        training=TrainingSpec(steps=2, batch_size=4),
+    )
+    result = run(plan, tmp_path / "run", env=WORKER_ENV, timeout=150)
+    assert result.exit_code == 1, result.describe()
+    assert (
+        "maas_runtime: exit 1: plan.stages[1] forward raised ConnectionError: could not connect to the"
+        " feature store" in result.stderr[1]
+    ), result.describe()
 
 
 def test_two_pods_agent_exit_codes_when_a_peer_dies(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,12 @@ import pytest
 import torch
 from maas_api.spec import Mode, ServingSpec
 from maas_runtime.launch import local_plan, start
-from maas_runtime.model import run_model
+from maas_runtime.model import InputSpec, run_model
+from maas_runtime.serve import max_body_bytes
 
+from tests.runtime import fuzz
 from tests.runtime.reference import full_model
-from tests.runtime.support import TINY_TRANSFORMER, TOLERANCE, free_port, http, wait_until
+from tests.runtime.support import TINY_MLP, TINY_TRANSFORMER, TOLERANCE, free_port, http, wait_until
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
@@ -76,3 +80,55 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
     # Buckets up to maxBatchSize (not a power of two); a full one runs the plan's 3 microbatches.
     serving = result.events("serving", rank=0)[0]
     assert (serving["buckets"], serving["microbatches"]) == ([1, 2, 4, 6], [1, 2, 2, 3])
+
+
+def test_replicas_on_one_machine_survive_a_fuzzer(tmp_path: Path) -> None:
+    """Two replicas under the local launcher listen on port and port + 1. Malformed requests to replica 0
+    (the fuzzer's, 8 at a time) each get a 4xx, while valid requests to both replicas stay right and fast."""
+    port = free_port(consecutive=2)
+    serving = ServingSpec(port=port, max_batch_size=8, max_batch_delay_ms=5)
+    plan = local_plan("fuzz", TINY_MLP, replicas=2, mode=Mode.SERVE, serving=serving)
+    job = start(plan, tmp_path / "run")
+    urls = [f"http://127.0.0.1:{port + replica}" for replica in range(2)]
+    units, heads = full_model(plan)
+    inputs = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = run_model(units, heads, inputs)
+    stop, latencies = threading.Event(), []
+
+    def good_client(url: str) -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            status, body = http("POST", f"{url}/v1/predict", {"inputs": inputs.tolist()})
+            latencies.append(time.perf_counter() - started)
+            assert status == 200, body
+            assert torch.tensor(body["outputs"]).sub(expected).abs().max() < TOLERANCE
+
+    try:
+        for url in urls:
+            wait_until(
+                lambda url=url: http("GET", f"{url}/healthz", timeout=2)[0] == 200, 120, f"{url} ready"
+            )
+        valid = json.dumps({"inputs": inputs.tolist()}).encode()
+        limit = max_body_bytes(InputSpec((8,), torch.float32), serving.max_batch_size)
+        cases = fuzz.malformed_requests("/v1/predict", valid, limit, seed=1, mutations=200)
+        clients = [threading.Thread(target=good_client, args=(url,)) for url in urls]
+        for client in clients:
+            client.start()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda case: fuzz.send(port, case[1]), cases))
+        stop.set()
+        for client in clients:
+            client.join(30)
+        for (what, _), answer in zip(cases, answers, strict=True):
+            fuzz.check_answer(what, answer)
+        assert len(latencies) > 10 and max(latencies) < 5.0, (
+            f"valid requests waited up to {max(latencies):.1f} s"
+        )
+        status, metrics = http("GET", f"{urls[0]}/metrics")
+        assert status == 200 and 'maas_serve_rejected_total{job="fuzz",replica="0"}' in metrics
+        job.signal_workers(signal.SIGTERM)
+    finally:
+        result = job.wait(60)
+    assert result.ok, result.describe()
+    assert [event["port"] for event in result.events("serving")] == [port, port + 1]

@@ -7,7 +7,9 @@ and compared with the reference's, within support.TOLERANCE (1e-5, float32).
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,12 +29,15 @@ from maas_api.spec import (
 from maas_runtime.checkpoint import complete_steps
 from maas_runtime.launch import LaunchResult, local_plan, run, start
 
+from tests.runtime.factories import UNEVEN_UNITS
 from tests.runtime.reference import load_checkpoint_model, max_difference, reference_training
 from tests.runtime.support import (
     TINY_MLP,
     TINY_MULTITASK,
     TINY_TRANSFORMER,
     TOLERANCE,
+    WORKER_ENV,
+    factory_model,
     free_port,
     http,
     wait_until,
@@ -191,3 +196,68 @@ def test_sigterm_checkpoints_and_resume_at_another_data_parallel_degree(tmp_path
     assert _losses(resumed) == pytest.approx(reference.losses[stop_step:], abs=TOLERANCE)
     trained = load_checkpoint_model(second, tmp_path / "checkpoints" / "resume" / f"step-{stop_step + 3}")
     assert max_difference(trained, reference.units) < TOLERANCE
+
+
+def _uneven(tmp_path: Path, job: str, stages: list[list[str]], **plan: Any) -> Plan:
+    model = factory_model("tests.runtime.factories:uneven", UNEVEN_UNITS)
+    return local_plan(job, model, stages=stages, checkpoint=_checkpoints(tmp_path), **plan)
+
+
+def test_stages_without_parameters_under_data_parallel(tmp_path: Path) -> None:
+    """Units of every kind (Tanh, Linear, residual, GELU, LayerNorm, a bare parameter, a buffer-only unit):
+    pipeline rank 0 owns stages 0 and 2, which have no parameter at all, in Interleaved1F1B with FSDP2 over
+    2 replicas; /progress then reports the end of training before the endpoint closes."""
+    plan = _uneven(
+        tmp_path,
+        "paramfree",
+        [["squash"], ["linear", "residual"], ["activation"], ["norm", "scale", "shift", "output"]],
+        stages_per_worker=2,
+        replicas=2,
+        schedule=PipelineSchedule.INTERLEAVED_1F1B,
+        microbatches=4,
+        training=TrainingSpec(steps=3, batch_size=8, optimizer=Optimizer.ADAMW, learning_rate=0.01),
+    )
+    port = free_port()
+    env = {**WORKER_ENV, "MAAS_PROGRESS_PORT": str(port), "MAAS_PROGRESS_LINGER_SECONDS": "120"}
+    job = start(plan, tmp_path / "run", env=env)
+    url = f"http://127.0.0.1:{port}/progress"
+
+    seen: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        assert job.process.poll() is None, job.wait(0).describe()
+        seen.append(http("GET", url, timeout=2)[1])
+        return bool(seen[-1]["phase"] == "Finished")
+
+    wait_until(finished, 120, "phase Finished")
+    assert (seen[-1]["step"], seen[-1]["lastCheckpointStep"]) == (3, 3)
+    started = time.monotonic()
+    result = job.wait(60)
+    # Once the final state was read, the endpoint closes and the job ends without waiting out the 120 s.
+    assert time.monotonic() - started < 30
+    _assert_matches_reference(plan, result, tmp_path)
+
+
+def test_resume_takes_state_from_the_checkpoint_and_settings_from_the_job(tmp_path: Path) -> None:
+    """3 steps with a parameter-free stage alone (pipeline of 3); resumed as one stage with another learning
+    rate and weight decay, which apply from the first resumed step on."""
+    before = TrainingSpec(steps=3, batch_size=6, learning_rate=0.01, weight_decay=0.01)
+    first = _uneven(
+        tmp_path,
+        "settings",
+        [["squash", "linear", "residual"], ["activation"], ["norm", "scale", "shift", "output"]],
+        microbatches=3,
+        training=before,
+    )
+    assert run(first, tmp_path / "first", env=WORKER_ENV).ok
+    after = before.model_copy(update={"steps": 5, "learning_rate": 0.05, "weight_decay": 0.1})
+    second = _uneven(tmp_path, "settings", [UNEVEN_UNITS], microbatches=3, training=after)
+    resumed = run(second, tmp_path / "second", env=WORKER_ENV)
+    assert resumed.ok, resumed.describe()
+    reference = reference_training(second, earlier=(3, before))
+    assert _losses(resumed) == pytest.approx(reference.losses[3:], abs=TOLERANCE)
+    trained = load_checkpoint_model(second, tmp_path / "checkpoints" / "settings" / "step-5")
+    assert max_difference(trained, reference.units) < TOLERANCE
+    # The same steps with the first run's settings throughout end elsewhere: the new settings mattered.
+    unchanged = reference_training(second, earlier=(5, before))
+    assert max_difference(unchanged.units, reference.units) > 100 * TOLERANCE

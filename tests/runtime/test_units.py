@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import torch
 from maas_api.contract import ExitCode
-from maas_api.spec import Loss, ModelSpec
+from maas_api.spec import Loss, ModelSpec, TrainingSpec
 from maas_runtime import data
+from maas_runtime.agent import main as agent_main
 from maas_runtime.agent import pod_exit_code
-from maas_runtime.errors import PermanentError, RetryableError, classify
+from maas_runtime.errors import PermanentError, RetryableError, classify, communication, user_code
 from maas_runtime.http_server import HttpServer, Response
 from maas_runtime.launch import local_plan, write_plan
-from maas_runtime.model import build_meta_model, materialize, run_model
+from maas_runtime.model import InputSpec, build_meta_model, materialize, run_model
 from maas_runtime.parallel_dims import ParallelDims, TorchrunEnv, check_members, check_world
 from maas_runtime.plan_file import load_plan
 from maas_runtime.progress import TrainProgress
-from maas_runtime.serve import Batcher, PendingRequest
+from maas_runtime.serve import Batcher, PendingRequest, max_body_bytes, parse_inputs
 from maas_runtime.stages import StageModule, stage_layouts
+from maas_runtime.train import MAX_STATS_WINDOW, STATS_PERIOD_SECONDS, StatsWindow, StepRecord
 from maas_runtime.worker import prepare_model
 
 from tests.manifests import REPO
+from tests.runtime import fuzz
 from tests.runtime.support import TINY_MLP, TINY_MULTITASK, TINY_TRANSFORMER, http
 
 # --- data -------------------------------------------------------------------------------------------
@@ -126,6 +136,11 @@ def test_plan_file_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text(json.dumps({**body, "pipelineDegree": 2}))
     with pytest.raises(PermanentError, match=r"^plan\.stages: 1 stages != pipelineDegree 2"):
         load_plan(path)
+    write_plan(local_plan("p", TINY_MLP, microbatches=3, training=TrainingSpec(batch_size=8)), path)
+    with pytest.raises(
+        PermanentError, match=r"^plan\.microbatches: training\.batchSize 8 does not split into 1 process"
+    ):
+        load_plan(path)
 
 
 def test_world_size_and_worker_indexes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,6 +149,10 @@ def test_world_size_and_worker_indexes_are_checked(monkeypatch: pytest.MonkeyPat
         PermanentError, match=r"^plan\.workers: the plan needs 4 processes .* torchrun started 3"
     ):
         check_world(dims, TorchrunEnv(rank=0, world_size=3, local_rank=0, local_world_size=1, group_rank=0))
+    monkeypatch.delenv("MAAS_WORKER_INDEX", raising=False)
+    monkeypatch.delenv("MAAS_LOCAL_LAUNCH", raising=False)
+    with pytest.raises(PermanentError, match=r"^MAAS_WORKER_INDEX: not set: every worker pod needs"):
+        check_world(dims, TorchrunEnv(0, 4, 0, 1, 0))
     monkeypatch.setenv("MAAS_WORKER_INDEX", "3")
     assert check_world(dims, TorchrunEnv(0, 4, 0, 1, 0)) == (3, 0)
     monkeypatch.setenv("MAAS_LOCAL_LAUNCH", "1")
@@ -143,20 +162,140 @@ def test_world_size_and_worker_indexes_are_checked(monkeypatch: pytest.MonkeyPat
     assert dims.coords(3, 0).stages == (1,) and dims.coords(3, 0).dp_rank == 1
 
 
-def test_errors_map_to_the_contracts_exit_codes() -> None:
+def _raised(error: Exception, *wrappers: Callable[[str], AbstractContextManager[None]]) -> BaseException:
+    """`error` as it comes out of the nested context managers (outermost first)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            for wrapper in wrappers:
+                stack.enter_context(wrapper("here"))
+            raise error
+    except Exception as raised:
+        return raised
+
+
+GLOO_PEER_LOST = (
+    "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:7816"
+)
+
+
+def test_errors_are_classified_by_where_they_happened_and_their_type() -> None:
     assert classify(PermanentError("plan.x", "bad")) == (ExitCode.PERMANENT, "plan.x: bad")
     assert classify(RetryableError("stopped"))[0] == ExitCode.RETRYABLE
     try:
         try:
-            raise RuntimeError("[gloo/pair.cc:561] Connection closed by peer")
+            raise RuntimeError(GLOO_PEER_LOST)
         except RuntimeError as inner:
             raise RuntimeError("Failed to run stage backward") from inner
     except RuntimeError as wrapped:
         assert classify(wrapped)[0] == ExitCode.RETRYABLE
     assert classify(KeyError("x")) == (ExitCode.UNCAUGHT_ERROR, "uncaught KeyError: 'x'")
+    # The words of a message decide nothing: the user's code failing is a bug that a restart repeats.
+    feature_store = RuntimeError("could not connect to the feature store: peer timeout")
+    assert classify(feature_store)[0] == ExitCode.UNCAUGHT_ERROR
+    assert classify(_raised(feature_store, user_code)) == (
+        ExitCode.UNCAUGHT_ERROR,
+        "here raised RuntimeError: could not connect to the feature store: peer timeout",
+    )
+    assert classify(_raised(ConnectionError("refused"), user_code))[0] == ExitCode.UNCAUGHT_ERROR
+    assert classify(TimeoutError("slow"))[0] == ExitCode.UNCAUGHT_ERROR
+    # Finding the peers: any failure may pass on a restart, unless it is a wrong setting.
+    assert classify(_raised(ValueError("no route"), communication)) == (
+        ExitCode.RETRYABLE,
+        "here failed (ValueError: no route)",
+    )
+    assert classify(_raised(PermanentError("MAAS_WORKER_INDEX", "x"), communication))[0] == ExitCode.PERMANENT
+    # A collective inside the user's forward (FSDP's all-gather hook) stays a communication error.
+    assert classify(_raised(RuntimeError(GLOO_PEER_LOST), communication, user_code))[0] == ExitCode.RETRYABLE
+    assert classify(_raised(RuntimeError(GLOO_PEER_LOST), user_code))[0] == ExitCode.RETRYABLE
+    assert classify(_raised(torch.distributed.DistNetworkError("reset"), user_code))[0] == ExitCode.RETRYABLE
+    # ...and user code inside the pipeline's error wrapping stays user code.
+    try:
+        try:
+            StageModule(stage_layouts(local_plan("p", TINY_MLP), [])[0], _Broken(), 0)(torch.zeros(1, 8))
+        except Exception as error:
+            raise RuntimeError("[Stage 0] failed to run forward") from error
+    except RuntimeError as wrapped:
+        assert classify(wrapped) == (
+            ExitCode.UNCAUGHT_ERROR,
+            "plan.stages[0] forward raised ConnectionError: could not connect to the feature store",
+        )
     assert pod_exit_code([]) == 0
     assert pod_exit_code([(2.0, 75), (1.0, 78)]) == 78
     assert pod_exit_code([(2.0, 75), (1.0, -9)]) == 137
+
+
+class _Broken(dict[str, torch.nn.Module]):
+    """Units whose forward fails like user code talking to a service."""
+
+    def __init__(self) -> None:
+        super().__init__({f"layer_{i}": _FailingUnit() for i in range(4)})
+
+
+class _FailingUnit(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConnectionError("could not connect to the feature store")
+
+
+def test_the_agent_refuses_a_launch_that_would_wait_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = local_plan("pods", TINY_MLP, stages=2, microbatches=2)
+    monkeypatch.setenv("MAAS_PLAN_PATH", str(write_plan(plan, tmp_path / "plan.json")))
+    for name in [v for v in os.environ if v.startswith("PET_") or v == "MAAS_WORKER_INDEX"]:
+        monkeypatch.delenv(name)
+
+    def refusal(*flags: str) -> str:
+        assert agent_main(list(flags)) == ExitCode.PERMANENT
+        return capsys.readouterr().err.strip()
+
+    assert refusal("--nnodes", "2") == (
+        "maas_runtime.agent: exit 78: PET_RDZV_ENDPOINT: 2 pods need PET_RDZV_BACKEND=c10d and"
+        " PET_RDZV_ENDPOINT=<worker 0's host>:29400 (got backend 'static', endpoint '')"
+    )
+    rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "worker-0:29400"]
+    assert (
+        refusal("--nnodes", "3", *rendezvous)
+        == "maas_runtime.agent: exit 78: PET_NNODES: 3 pods, the plan has 2 workers"
+    )
+    assert refusal("--nnodes", "2", *rendezvous).startswith(
+        "maas_runtime.agent: exit 78: MAAS_WORKER_INDEX: not set"
+    )
+    monkeypatch.setenv("MAAS_WORKER_INDEX", "1")
+    assert refusal("--nnodes", "2", "--nproc-per-node", "2", *rendezvous).startswith(
+        "maas_runtime.agent: exit 78: plan.workers: the plan needs 2 processes (2 workers x 1), torchrun started 4"
+    )
+    monkeypatch.setenv("MAAS_PLAN_PATH", str(tmp_path / "missing.json"))
+    assert refusal("--nnodes", "2", *rendezvous).startswith(
+        "maas_runtime.agent: exit 78: MAAS_PLAN_PATH: cannot read"
+    )
+
+
+def test_stats_windows_last_about_half_a_second() -> None:
+    """Every process derives the next window from the same reduced step times (one process here)."""
+
+    def window(
+        seconds: float, losses: list[float | None], stop: bool = False
+    ) -> tuple[bool, list[float | None], int]:
+        records = [
+            StepRecord(
+                step=i,
+                samples_seen=i,
+                seconds=seconds,
+                ended=0.0,
+                cpu_time=0.0,
+                loss=None if loss is None else torch.tensor(loss),
+            )
+            for i, loss in enumerate(losses)
+        ]
+        return StatsWindow.reduce(records, stop, torch.device("cpu")).result()
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        assert window(0.01, [0.5, None]) == (False, [0.5, None], int(STATS_PERIOD_SECONDS / 0.01))
+        assert window(2.0, [1.0], stop=True) == (True, [1.0], 1)
+        assert window(1e-6, [None])[2] == MAX_STATS_WINDOW
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # --- serving and progress -----------------------------------------------------------------------------
@@ -169,6 +308,76 @@ def test_batcher_fills_batches_and_carries_what_does_not_fit() -> None:
     assert [len(r.inputs) for r in batcher.next_batch(1.0)] == [1, 2]
     assert [len(r.inputs) for r in batcher.next_batch(1.0)] == [3]
     assert batcher.next_batch(0.01) == [] and batcher.empty()
+
+
+def test_predict_inputs_are_parsed_strictly() -> None:
+    floats, tokens = InputSpec((2,), torch.float32), InputSpec((3,), torch.int64, high=32)
+    assert torch.equal(parse_inputs(b'{"inputs": [[1, 2.5]]}', floats, 4), torch.tensor([[1.0, 2.5]]))  # type: ignore[arg-type]
+    refusals = {
+        b'{"inputs": [[NaN, 1]]}': "NaN is not a JSON number",
+        b'{"inputs": [[1e400, 1]]}': "inputs must be finite torch.float32 numbers",
+        b'{"inputs": [[100000000000000000000000, 1]]}': "Overflow",
+        b'{"inputs": [[true, false]]}': "inputs must be numbers",
+        b'{"inputs": [[1, 2], [3]]}': "each input a (nested) list of numbers of shape [2]",
+        b'{"inputs": [[1, 2, 3]]}': "each input must have shape [2], got [3]",
+    }
+    for body, reason in refusals.items():
+        answer = parse_inputs(body, floats, 4)
+        assert isinstance(answer, str) and reason in answer, (body, answer)
+    assert parse_inputs(b'{"inputs": [[1, 2, 3.5]]}', tokens, 4) == "inputs must be integers"
+    assert parse_inputs(b'{"inputs": [[1, 2, 32]]}', tokens, 4) == "token ids must be in [0, 32)"
+    assert (
+        parse_inputs(b'{"inputs": [[1, 2, 3]]}', tokens, 0)
+        == "at most serving.maxBatchSize=0 inputs per request"
+    )
+
+
+def test_http_server_answers_every_malformed_request_with_a_4xx_and_keeps_serving() -> None:
+    """The fuzzer's requests, 8 at a time, beside a client whose valid requests must stay fast and right."""
+    spec, max_batch = InputSpec((4,), torch.float32), 8
+
+    def predict(body: bytes) -> Response:
+        inputs = parse_inputs(body, spec, max_batch)
+        if isinstance(inputs, str):
+            return Response.json(400, {"error": inputs})
+        return Response.json(200, {"outputs": (inputs * 2).tolist()})
+
+    limit = max_body_bytes(spec, max_batch)
+    server = HttpServer(0, {("POST", "/v1/predict"): predict}, host="127.0.0.1", max_body_bytes=limit)
+    valid = json.dumps({"inputs": [[1.0, 2.0, 3.0, 4.0]] * 2}).encode()
+    cases = fuzz.malformed_requests("/v1/predict", valid, limit, seed=0, mutations=300)
+    stop, latencies = threading.Event(), []
+
+    def good_client() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            status, body = http("POST", f"http://127.0.0.1:{server.port}/v1/predict", json.loads(valid))
+            latencies.append(time.perf_counter() - started)
+            assert status == 200 and body == {"outputs": [[2.0, 4.0, 6.0, 8.0]] * 2}
+
+    try:
+        client = threading.Thread(target=good_client)
+        client.start()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda case: fuzz.send(server.port, case[1]), cases))
+        stop.set()
+        client.join(30)
+    finally:
+        server.close()
+    for (what, _), answer in zip(cases, answers, strict=True):
+        fuzz.check_answer(what, answer)
+    statuses = {what: answer.status for (what, _), answer in zip(cases, answers, strict=True)}
+    assert {
+        k: statuses[k] for k in ("Content-Length: 'abc'", "Content-Length: '-1'", "200 MB announced")
+    } == {
+        "Content-Length: 'abc'": 400,
+        "Content-Length: '-1'": 400,
+        "200 MB announced": 413,
+    }
+    assert statuses["PUT"] == statuses["FOO method"] == 405 and statuses["unknown path"] == 404
+    assert statuses["NaN"] == statuses["huge integer"] == statuses["deep nesting"] == 400
+    assert statuses["body shorter than announced"] == 400 and statuses["chunked"] == 411
+    assert latencies and max(latencies) < 5.0, f"valid requests waited up to {max(latencies):.1f} s"
 
 
 def test_progress_endpoints() -> None:
