@@ -26,6 +26,7 @@ from maas_api.catalog import DTYPE_BYTES
 from maas_api.plan import ModelProfile, bubble_fraction
 from maas_api.spec import MaaSJobSpec, Mode
 
+from maas_operator.planner.cluster import MAX_PODS_PER_CLUSTER
 from maas_operator.planner.memory import batch_size
 from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.reasons import PlanError, format_count, list_some, plural
@@ -57,7 +58,8 @@ MICROBATCH_OVERHEAD_S = 30e-6
 """Fixed time per microbatch and pass on a stage (kernel launches, Python and schedule bookkeeping)."""
 DEFAULT_GPUS_PER_NODE = 8
 AUTO_PIPELINE_CANDIDATES = 48
-"""Above this many feasible pipeline depths, auto tries a geometric subset (keeps planning fast)."""
+"""Above this many feasible pipeline depths (or replica counts), auto tries a geometric subset, so planning
+time grows with the logarithm of gpuBudget, not with the budget (gpuBudget 1e12 looped 1e12 times)."""
 THROUGHPUT_TIE = 0.005
 """Estimates within 0.5% are a tie: fewer GPUs win, then fewer stages."""
 
@@ -145,8 +147,8 @@ class AutoChoice:
     microbatch_note: str | None
 
 
-def pipeline_candidates(largest: int) -> list[int]:
-    """Every depth up to AUTO_PIPELINE_CANDIDATES, then a geometric ladder (x1.25) up to `largest`."""
+def count_candidates(largest: int) -> list[int]:
+    """Every count up to AUTO_PIPELINE_CANDIDATES, then a geometric ladder (x1.25) up to `largest`."""
     if largest <= AUTO_PIPELINE_CANDIDATES:
         return list(range(1, largest + 1))
     depths = set(range(1, AUTO_PIPELINE_CANDIDATES + 1))
@@ -196,7 +198,7 @@ def choose_auto(
     batch = batch_size(spec)
     estimates: list[tuple[Estimate, SplitResult, str | None]] = []
     skipped: dict[str, list[int]] = {}  # reason -> stage counts it ruled out
-    for depth in pipeline_candidates(largest_depth):
+    for depth in count_candidates(largest_depth):
         model_stages = depth * stages_per_worker
         note: str | None = None
         try:
@@ -212,7 +214,9 @@ def choose_auto(
         except PlanError as error:
             skipped.setdefault(_skip_reason(str(error)), []).append(model_stages)
             continue
-        replica_options = [fixed_replicas] if fixed_replicas else range(1, workers // depth + 1)
+        # No cluster runs more worker pods than MAX_PODS_PER_CLUSTER, whatever the budget says.
+        most_replicas = min(workers, MAX_PODS_PER_CLUSTER) // depth
+        replica_options = [fixed_replicas] if fixed_replicas else count_candidates(most_replicas)
         for replicas in replica_options:
             estimate = estimate_throughput(
                 spec, profile, split, replicas, microbatches, gpu_product, gpus_per_node

@@ -16,7 +16,7 @@ import yaml
 from maas_api import ManifestError, Plan, parse_maasjob
 
 from maas_operator.planner.build import build_plan
-from maas_operator.planner.cluster import load_nodes
+from maas_operator.planner.cluster import YAML_LOADER, load_nodes
 from maas_operator.planner.reasons import PlanError, Unschedulable, format_bytes, format_count, plural
 
 EXIT_OK = 0
@@ -53,7 +53,7 @@ def _read(path: str) -> str:
 
 def _load_manifest(path: str) -> dict[str, Any]:
     try:
-        documents = [d for d in yaml.safe_load_all(_read(path)) if d is not None]
+        documents = [d for d in yaml.load_all(_read(path), Loader=YAML_LOADER) if d is not None]
     except yaml.YAMLError as error:
         raise _InvalidInputError(f"maas plan: {path} is not valid YAML: {error}") from error
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "MaaSJob"]
