@@ -167,11 +167,13 @@ def choose_auto(
     split_for: Callable[[int, int], SplitResult],
     gpu_product: str | None,
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    cluster_gpus: int | None = None,
 ) -> AutoChoice:
     """The (stages, replicas, microbatches) with the best estimated throughput within parallelism.gpuBudget.
 
     `split_for(model_stages, microbatches)` splits the model (PlanError when it does not fit); a user-set
-    replicas or microbatches is never changed.
+    replicas or microbatches is never changed. `cluster_gpus`, the GPUs of the nodes the job may use when
+    they are known, also bounds the choice: a plan larger than the cluster could never be placed.
     """
     budget = spec.parallelism.gpu_budget
     if budget is None:
@@ -194,6 +196,13 @@ def choose_auto(
             f"spec.parallelism.replicas: {fixed_replicas} replicas of {gpus} GPUs need more than the"
             f" gpuBudget of {budget} GPUs"
         )
+    # No cluster runs more worker pods than MAX_PODS_PER_CLUSTER, nor more workers than its GPUs hold,
+    # whatever the budget says.
+    cluster_workers = MAX_PODS_PER_CLUSTER
+    if cluster_gpus is not None and spec.resources.gpus > 0 and cluster_gpus >= gpus:
+        cluster_workers = min(cluster_workers, cluster_gpus // gpus)
+    if fixed_replicas:
+        most_workers = min(most_workers, max(1, cluster_workers // fixed_replicas))
     largest_depth = min(most_workers, max_stages // stages_per_worker)
     batch = batch_size(spec)
     estimates: list[tuple[Estimate, SplitResult, str | None]] = []
@@ -214,8 +223,7 @@ def choose_auto(
         except PlanError as error:
             skipped.setdefault(_skip_reason(str(error)), []).append(model_stages)
             continue
-        # No cluster runs more worker pods than MAX_PODS_PER_CLUSTER, whatever the budget says.
-        most_replicas = min(workers, MAX_PODS_PER_CLUSTER) // depth
+        most_replicas = max(1, min(workers, cluster_workers) // depth)
         replica_options = [fixed_replicas] if fixed_replicas else count_candidates(most_replicas)
         for replicas in replica_options:
             estimate = estimate_throughput(
@@ -253,6 +261,9 @@ def choose_auto(
     ]
     if fixed_replicas:
         notes.append(f"auto: kept spec.parallelism.replicas {fixed_replicas} as set")
+    if cluster_workers * gpus < budget:
+        why = "the nodes' GPUs" if cluster_workers < MAX_PODS_PER_CLUSTER else "the pods a cluster runs"
+        notes.append(f"auto: planned within {cluster_workers * gpus} GPUs ({why}), less than the budget")
     if skipped:
         notes.append(f"auto: ruled out {_skipped_text(skipped)}")
     return AutoChoice(chosen, split, notes, microbatch_note)

@@ -84,6 +84,7 @@ def build_plan(
     gpu_product = spec.resources.gpu_product
     gpu_memory = None
     gpus_per_node = DEFAULT_GPUS_PER_NODE
+    cluster_gpus = None if filtered is None else sum(node.gpus for node in filtered.nodes)
     if spec.resources.gpu_memory is not None:
         gpu_memory = parse_quantity(spec.resources.gpu_memory, "spec.resources.gpuMemory")
         if not (0 < gpu_memory < math.inf):
@@ -124,7 +125,7 @@ def build_plan(
     stages_per_worker = spec.parallelism.stages_per_worker
     if spec.split.stages == "auto":
         max_stages = len(split_items(profile.units, spec.split.strategy)[0])
-        choice = choose_auto(spec, profile, max_stages, split_for, gpu_product, gpus_per_node)
+        choice = choose_auto(spec, profile, max_stages, split_for, gpu_product, gpus_per_node, cluster_gpus)
         split, replicas, microbatches = choice.split, choice.estimate.replicas, choice.estimate.microbatches
         pipeline_degree = choice.estimate.pipeline_degree
         notes += choice.notes
