@@ -241,3 +241,9 @@ def test_nodes_are_read_with_libyaml_when_pyyaml_has_it() -> None:
     assert YAML_LOADER is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
     text = yaml.safe_dump({"kind": "List", "items": [{"metadata": {"name": "a"}, "status": {}}]})
     assert [n.name for n in load_nodes(text)] == ["a"]
+
+
+def test_nodes_as_json_are_read_by_the_json_module_with_the_same_result() -> None:
+    listed = {"kind": "List", "items": [{"metadata": {"name": f"n{i}"}, "status": {}} for i in range(3)]}
+    assert load_nodes(json.dumps(listed)) == load_nodes(yaml.safe_dump(listed))
+    assert [n.name for n in load_nodes("[{metadata: {name: flow}}]")] == ["flow"]  # YAML flow style, not JSON

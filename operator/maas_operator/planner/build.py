@@ -265,6 +265,6 @@ def check_numbers(document: object, path: str) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise PlanError(f"{where}: {value} is not a finite number")
         if isinstance(value, Mapping):
-            pending += [(f"{where}.{key}", item) for key, item in reversed(value.items())]
+            pending += [(f"{where}.{key}", item) for key, item in reversed(list(value.items()))]
         elif isinstance(value, list | tuple):
             pending += [(f"{where}[{index}]", item) for index, item in reversed(list(enumerate(value)))]

@@ -6,6 +6,7 @@ document and the field, e.g. `nodes.yaml: items[3].status.allocatable.nvidia.com
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -162,7 +163,15 @@ def parse_nodes(documents: Iterable[Any], source: str = "nodes") -> list[Node]:
 
 
 def load_nodes(text: str, source: str = "nodes") -> list[Node]:
-    """Nodes from YAML text (one or more documents)."""
+    """Nodes from YAML text (one or more documents), or JSON (`kubectl get nodes -o json`), which the json
+    module reads many times faster than any YAML loader."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            pass  # not JSON after all (YAML flow style): the YAML loader reads it or says what is wrong
+        else:
+            return parse_nodes([document], source)
     try:
         documents = list(yaml.load_all(text, Loader=YAML_LOADER))
     except yaml.YAMLError as error:
