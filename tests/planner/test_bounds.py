@@ -147,8 +147,8 @@ def test_flops_that_overflow_when_added_are_refused() -> None:
 
 
 def test_integers_beyond_int64_are_refused() -> None:
-    with pytest.raises(PlanError, match=r"^spec.training.batchSize: a 31-digit number is beyond int64"):
-        build_plan(job(training={"batchSize": 10**30}))
+    with pytest.raises(PlanError, match=r"^spec.training.batchSize: a 100-bit number is beyond int64"):
+        build_plan(job(training={"batchSize": 2**99}))
 
 
 def test_negative_catalog_argument_names_the_argument() -> None:
@@ -247,3 +247,15 @@ def test_nodes_as_json_are_read_by_the_json_module_with_the_same_result() -> Non
     listed = {"kind": "List", "items": [{"metadata": {"name": f"n{i}"}, "status": {}} for i in range(3)]}
     assert load_nodes(json.dumps(listed)) == load_nodes(yaml.safe_dump(listed))
     assert [n.name for n in load_nodes("[{metadata: {name: flow}}]")] == ["flow"]  # YAML flow style, not JSON
+
+
+def test_an_integer_too_long_for_python_is_invalid_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "apiVersion: maas.dev/v1alpha1\nkind: MaaSJob\nmetadata: {name: j}\n"
+        f"spec: {{mode: Train, model: {{catalog: LargeModel}}, parallelism: {{replicas: {'9' * 5000}}}}}\n"
+    )
+    assert main(["-f", str(path)]) == 2
+    assert "is not valid YAML: Exceeds the limit (4300 digits)" in capsys.readouterr().err

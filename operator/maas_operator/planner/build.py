@@ -259,7 +259,7 @@ def check_numbers(document: object, path: str) -> None:
             continue
         if isinstance(value, int) and abs(value) > LARGEST_INT64:
             raise PlanError(
-                f"{where}: a {len(str(abs(value)))}-digit number is beyond int64, the largest whole number"
+                f"{where}: a {value.bit_length()}-bit number is beyond int64, the largest whole number"
                 " the API server stores"
             )
         if isinstance(value, float) and not math.isfinite(value):

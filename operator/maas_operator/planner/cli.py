@@ -54,7 +54,7 @@ def _read(path: str) -> str:
 def _load_manifest(path: str) -> dict[str, Any]:
     try:
         documents = [d for d in yaml.load_all(_read(path), Loader=YAML_LOADER) if d is not None]
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer of more than 4,300 digits
         raise _InvalidInputError(f"maas plan: {path} is not valid YAML: {error}") from error
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "MaaSJob"]
     if len(jobs) != 1:

@@ -174,7 +174,7 @@ def load_nodes(text: str, source: str = "nodes") -> list[Node]:
             return parse_nodes([document], source)
     try:
         documents = list(yaml.load_all(text, Loader=YAML_LOADER))
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: an integer of more than 4,300 digits
         raise NodeFileError(f"{source}: not valid YAML: {error}") from error
     return parse_nodes(documents, source)
 
