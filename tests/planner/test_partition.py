@@ -133,6 +133,29 @@ def test_float_costs_terminate_on_the_exact_optimum(
     assert exact is not None and solved.bottleneck == pytest.approx(exact[0], rel=1e-9, abs=1e-300)
 
 
+@settings(max_examples=200, deadline=None)
+@given(float_problems(), st.integers(1, 7), st.booleans())
+def test_float_memory_terminates_within_the_limit(
+    problem: tuple[list[float], list[float], list[float], list[float], float], gpus: int, by_memory: bool
+) -> None:
+    """Memory in float too (state per parameter / GPUs per worker is a fraction), also balanced by memory:
+    the solver ends, respects the limit, and is optimal up to rounding: no worse than the brute force under
+    a limit a rounding tighter, no better than under one a rounding looser (where the two sums may differ)."""
+    costs, state, act, factors, limit = problem
+    state = [b * 12 / gpus for b in state]
+    with time_bound(2.0):
+        solved = Partitioner(costs, state, act, factors, limit, balance_memory=by_memory).solve()
+    tighter = brute_force(costs, state, act, factors, limit * (1 - 1e-12), by_memory)
+    looser = brute_force(costs, state, act, factors, limit * (1 + 1e-12), by_memory)
+    if solved is None:
+        assert tighter is None
+        return
+    assert all(m <= limit for m in solved.stage_memory)
+    assert looser is not None and solved.bottleneck >= looser[0] * (1 - 1e-9)
+    if tighter is not None:
+        assert solved.bottleneck <= tighter[0] * (1 + 1e-9)
+
+
 @pytest.mark.timeout(10)
 def test_decimal_costs_that_hung_the_bisection() -> None:
     # 0.1 * 3 is 0.30000000000000004: the bisection reached two neighbouring floats and probed the upper one
