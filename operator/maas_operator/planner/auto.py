@@ -15,6 +15,10 @@ The cost model is deliberately simple, so a person can redo the arithmetic from 
   gradients: 2(n-1) latencies + 2(n-1)/n x bytes / bandwidth, over NVLink when all data-parallel peers
   share a node, else over the network;
 - throughput: replicas x batch / step time.
+
+The search tries every pipeline depth and replica count up to AUTO_PIPELINE_CANDIDATES, then a geometric
+ladder, and never more workers than the nodes' GPUs hold (when known) or MAX_PODS_PER_CLUSTER: its time
+grows with the logarithm of gpuBudget, whatever budget the API server accepted.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ def build_plan(
     placement, every worker's node is None); `used_gpus` maps node -> GPUs held by other jobs' pods
     (default: the nodes' `maas.dev/used-gpus` annotation); `previous` maps worker name -> node of the last
     placement, whose still-valid workers stay put; `worker_size_mix` is the cluster's GPU demand by GPUs per
-    worker (what counts as a fragment, see placement). Raises PlanError (bad input) or Unschedulable (no room).
+    worker (what counts as a fragment, see placement). Raises PlanError (bad input) or Unschedulable (no room),
+    and nothing else, in bounded time, for any spec that parse_maasjob accepts: the operator calls it in its
+    reconcile loop (tests/planner/test_robustness.py checks this on mutations of every example).
     """
     if isinstance(job, MaaSJob):
         spec = job.spec
