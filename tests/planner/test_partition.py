@@ -114,6 +114,7 @@ def float_problems(draw: st.DrawFn) -> tuple[list[float], list[float], list[floa
     return costs, state, act, factors, limit
 
 
+@pytest.mark.timeout(300)  # a backstop: time_bound fails a hanging example long before
 @settings(max_examples=300, deadline=None)
 @given(float_problems())
 def test_float_costs_terminate_on_the_exact_optimum(

@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from maas_api import ManifestError, parse_maasjob
@@ -75,6 +76,7 @@ def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
     return manifest
 
 
+@pytest.mark.timeout(600)  # a backstop: time_bound fails a hanging example long before
 @settings(
     max_examples=200,
     deadline=None,
