@@ -7,15 +7,38 @@ torch's own parameter count and FLOP counter, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
 
 from maas_api.base import ApiModel
 from maas_api.plan import ModelProfile
 from maas_api.spec import CatalogModel, ModelSpec, UnitProfile
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# Upper bounds of the catalog's arguments: above the largest published models (widths of tens of thousands,
+# vocabularies of a few hundred thousand, contexts of a million tokens), and low enough that every formula
+# below stays an exact float (FLOPs per sample under 2**64), so the planner never meets an overflow.
+MAX_FEATURES = 2**20
+"""Widths of MLP layers and heads, and the transformer's model width."""
+MAX_VOCAB = 2**22
+MAX_SEQ_LEN = 2**21
+MAX_FFN_MULT = 64
+MAX_HEADS = 1024
+"""Task heads of a MultiTaskMLP (each is a unit), and attention heads of a Transformer."""
+HEAD_UNIT_PREFIX = "head_"
+_UNIT_NAME = UnitProfile.model_json_schema()["properties"]["name"]
+HeadName = Annotated[
+    str,
+    StringConstraints(
+        pattern=_UNIT_NAME["pattern"],
+        min_length=1,
+        max_length=_UNIT_NAME["maxLength"] - len(HEAD_UNIT_PREFIX),
+    ),
+]
+"""A head's name makes the unit name `head_<name>`, so it follows UnitProfile.name's rules."""
+Features = Annotated[int, Field(ge=1, le=MAX_FEATURES)]
 
 
 class LargeModelArgs(ApiModel):
@@ -25,44 +48,46 @@ class LargeModelArgs(ApiModel):
 class MLPArgs(ApiModel):
     """A stack of Linear layers with ReLU between them."""
 
-    input: int = Field(default=64, ge=1)
+    input: int = Field(default=64, ge=1, le=MAX_FEATURES)
     """Input features."""
-    hidden: int = Field(default=256, ge=1)
+    hidden: int = Field(default=256, ge=1, le=MAX_FEATURES)
     """Hidden features."""
     layers: int = Field(default=4, ge=1, le=4096)
     """Number of Linear layers (units)."""
-    output: int = Field(default=64, ge=1)
+    output: int = Field(default=64, ge=1, le=MAX_FEATURES)
     """Output features."""
 
 
 class TransformerArgs(ApiModel):
     """A small decoder-only transformer (pre-norm, causal attention, GELU feed-forward, no biases)."""
 
-    vocab: int = Field(default=1024, ge=2)
+    vocab: int = Field(default=1024, ge=2, le=MAX_VOCAB)
     """Vocabulary size."""
-    dim: int = Field(default=128, ge=8)
+    dim: int = Field(default=128, ge=8, le=MAX_FEATURES)
     """Model width."""
     layers: int = Field(default=4, ge=1, le=1024)
     """Decoder blocks."""
-    heads: int = Field(default=4, ge=1)
+    heads: int = Field(default=4, ge=1, le=MAX_HEADS)
     """Attention heads (must divide dim)."""
-    seq_len: int = Field(default=64, ge=1)
+    seq_len: int = Field(default=64, ge=1, le=MAX_SEQ_LEN)
     """Tokens per sample."""
-    ffn_mult: int = Field(default=4, ge=1)
+    ffn_mult: int = Field(default=4, ge=1, le=MAX_FFN_MULT)
     """Feed-forward width as a multiple of dim."""
 
 
 class MultiTaskMLPArgs(ApiModel):
     """A shared MLP trunk and one Linear head per task; the output is the heads' outputs concatenated."""
 
-    input: int = Field(default=32, ge=1)
+    input: int = Field(default=32, ge=1, le=MAX_FEATURES)
     """Input features."""
-    hidden: int = Field(default=64, ge=1)
+    hidden: int = Field(default=64, ge=1, le=MAX_FEATURES)
     """Trunk width."""
     trunk_layers: int = Field(default=3, ge=1, le=1024)
     """Linear layers in the trunk."""
-    heads: dict[str, int] = Field(default_factory=lambda: {"classify": 10, "regress": 1}, min_length=1)
-    """Head name -> output features, in order."""
+    heads: dict[HeadName, Features] = Field(
+        default_factory=lambda: {"classify": 10, "regress": 1}, min_length=1, max_length=MAX_HEADS
+    )
+    """Head name -> output features (>= 1), in order; each head is the unit `head_<name>`."""
 
 
 CATALOG_ARGS: dict[CatalogModel, type[ApiModel]] = {
@@ -157,6 +182,18 @@ def catalog_profile(model: ModelSpec) -> ModelProfile:
         raise ValueError("catalog_profile needs spec.model.catalog")
     args = parse_catalog_args(model.catalog, model.args)
     value_bytes = DTYPE_BYTES[model.dtype]
+    try:
+        return ModelProfile(units=_catalog_units(args, value_bytes))
+    except ValidationError as error:
+        # Arguments within their own bounds can still make a unit larger than a profile may describe.
+        first = error.errors()[0]
+        raise CatalogArgsError(
+            f"spec.model.args: the arguments make a unit too large ({'.'.join(map(str, first['loc']))}:"
+            f" {first['msg']}); use smaller dimensions (catalog model {model.catalog.value})"
+        ) from error
+
+
+def _catalog_units(args: ApiModel, value_bytes: int) -> list[UnitProfile]:
     units: list[UnitProfile]
     if isinstance(args, LargeModelArgs):
         widths = [10, 20, 30, 40]
@@ -173,12 +210,19 @@ def catalog_profile(model: ModelSpec) -> ModelProfile:
             for i in range(args.trunk_layers)
         ]
         units += [
-            _linear(f"head_{name}", args.hidden, out, value_bytes, group=f"head_{name}", head=True)
+            _linear(
+                f"{HEAD_UNIT_PREFIX}{name}",
+                args.hidden,
+                out,
+                value_bytes,
+                group=f"{HEAD_UNIT_PREFIX}{name}",
+                head=True,
+            )
             for name, out in args.heads.items()
         ]
     else:  # pragma: no cover - CATALOG_ARGS and this function are edited together
-        raise AssertionError(f"no profile for {model.catalog}")
-    return ModelProfile(units=units)
+        raise AssertionError(f"no profile for {type(args).__name__}")
+    return units
 
 
 def model_profile(model: ModelSpec) -> ModelProfile:

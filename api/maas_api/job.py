@@ -9,6 +9,7 @@ defaulted), checks metadata as Kubernetes does, and runs the same rules. So `maa
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import date, datetime
 from functools import cache
@@ -241,7 +242,11 @@ def _as_the_api_server_reads(value: Any, schema: dict[str, Any] | None) -> Any:
     """The value the API server validates: a null without `nullable` is pruned (the field's default then
     applies, as the models' default does), and an integer beyond int64 is a float."""
     if isinstance(value, int) and not isinstance(value, bool) and value not in INT64_RANGE:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            # Beyond float64 too: the server's JSON decoder refuses it; inf fails every model as well.
+            return math.inf if value > 0 else -math.inf
     if schema is None:  # unknown or free-form: the models judge it as given
         if isinstance(value, dict):
             return {key: _as_the_api_server_reads(item, None) for key, item in value.items()}

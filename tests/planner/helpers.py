@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from maas_api import MaaSJob, parse_maasjob
@@ -87,3 +91,20 @@ def racks(count: int, nodes_per_rack: int, gpus: int = 8, racks_per_block: int =
         for r in range(count)
         for i in range(nodes_per_rack)
     ]
+
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    """Fail with TimeoutError when the block runs longer than `seconds` (a hang fails fast, not at the
+    suite's timeout). Uses SIGALRM, so only in the main thread of a Unix process."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

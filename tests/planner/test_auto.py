@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from maas_operator.planner import PlanError, build_plan
-from maas_operator.planner.auto import pipeline_candidates
+from maas_operator.planner.auto import count_candidates
 
 from .helpers import job, racks
 
@@ -88,7 +88,7 @@ def test_auto_with_nodes_places_the_chosen_shape() -> None:
     assert all(w.node for w in plan.workers)
 
 
-def test_pipeline_candidates() -> None:
-    assert pipeline_candidates(5) == [1, 2, 3, 4, 5]
-    ladder = pipeline_candidates(1000)
+def test_count_candidates() -> None:
+    assert count_candidates(5) == [1, 2, 3, 4, 5]
+    ladder = count_candidates(1000)
     assert ladder[:48] == list(range(1, 49)) and ladder[-1] == 1000 and len(ladder) < 80

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from maas_api.plan import bubble_fraction
 from maas_api.spec import PipelineSchedule
 from maas_operator.planner.memory import parse_quantity
-from maas_operator.planner.microbatches import choose_microbatches, divisors
+from maas_operator.planner.microbatches import MAX_MICROBATCHES, choose_microbatches, divisors
 from maas_operator.planner.reasons import PlanError
 
 
@@ -17,8 +19,25 @@ def test_bubble_fraction() -> None:
 
 
 def test_divisors() -> None:
-    assert divisors(32) == [1, 2, 4, 8, 16, 32]
-    assert divisors(12) == [1, 2, 3, 4, 6, 12]
+    assert divisors(32) == (1, 2, 4, 8, 16, 32)
+    assert divisors(12) == (1, 2, 3, 4, 6, 12)
+    assert divisors(12, limit=5) == (1, 2, 3, 4)
+    assert divisors(97 * 89, limit=100) == (1, 89, 97)  # both above the square root, found as cofactors
+    for value in range(1, 300):
+        for limit in (1, 7, 20, 300):
+            assert divisors(value, limit) == tuple(d for d in range(1, limit + 1) if value % d == 0)
+
+
+@pytest.mark.timeout(10)
+def test_huge_batches_are_searched_in_bounded_time() -> None:
+    # batchSize 1e18 searched up to its square root: 1e9 trial divisions, minutes. Now MAX_MICROBATCHES.
+    started = time.perf_counter()
+    m, note = choose_microbatches(10**18, 4, 4, PipelineSchedule.ONE_F_ONE_B)
+    assert m == 16 and "smallest divisor of the batch" in note
+    prime = 2**61 - 1  # no divisor but 1 and itself, which is beyond the search
+    m, note = choose_microbatches(prime, 4, 4, PipelineSchedule.GPIPE)
+    assert m == 1 and f"no divisor of the batch ({prime}) up to {MAX_MICROBATCHES}" in note
+    assert time.perf_counter() - started < 2  # measured ~10 ms
 
 
 def test_smallest_divisor_with_bubble_under_twenty_percent() -> None:

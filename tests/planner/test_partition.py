@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from itertools import accumulate
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from maas_operator.planner.partition import Partitioner
+
+from .helpers import time_bound
 
 
 def brute_force(
@@ -72,6 +75,100 @@ def test_bottleneck_and_peak_memory_equal_brute_force(
     assert [i for r in ranges for i in r] == list(range(len(costs)))
     assert all(len(r) > 0 for r in ranges)
     assert all(m <= limit for m in solved.stage_memory)
+
+
+def brute_force_in_prefix_sums(
+    costs: list[float], state: list[float], act: list[float], factors: list[float], limit: float
+) -> tuple[float, float] | None:
+    """The brute force in the solver's own arithmetic: a stage's cost is a difference of float prefix sums,
+    so the two must agree to the last bit (state and activation bytes are whole numbers: exact in both)."""
+    prefix = list(accumulate(costs, initial=0.0))
+    n, p = len(costs), len(factors)
+    best: tuple[float, float] | None = None
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        bounds = list(zip((0, *cuts), (*cuts, n), strict=True))
+        memory = [sum(state[a:b]) + factors[s] * sum(act[a:b]) for s, (a, b) in enumerate(bounds)]
+        if max(memory) > limit:
+            continue
+        key = (max(prefix[b] - prefix[a] for a, b in bounds), max(memory))
+        if best is None or key < best:
+            best = key
+    return best
+
+
+@st.composite
+def float_problems(draw: st.DrawFn) -> tuple[list[float], list[float], list[float], list[float], float]:
+    """Costs as profiles hold them: decimals (0.1 FLOPs, 0.37 ms), wide ranges, repeated values."""
+    n = draw(st.integers(1, 9))
+    p = draw(st.integers(1, n))
+    decimal = st.integers(0, 10_000).map(lambda hundredths: hundredths / 100)
+    wide = st.floats(0, 1e12, allow_nan=False, allow_infinity=False)
+    tiny = st.floats(0, 1e-300, allow_nan=False, allow_infinity=False, allow_subnormal=True)
+    cost = st.one_of(decimal, wide, tiny, st.sampled_from([0.1, 0.2, 0.3, 1 / 3, 0.7]))
+    # Uniform layers (one value repeated) are common in real profiles and the likeliest to tie.
+    costs = draw(st.one_of(st.lists(cost, min_size=n, max_size=n), cost.map(lambda c: [c] * n)))
+    state = draw(st.lists(st.integers(0, 10).map(float), min_size=n, max_size=n))
+    act = draw(st.lists(st.integers(0, 5).map(float), min_size=n, max_size=n))
+    factors = sorted(draw(st.lists(st.integers(1, 4).map(float), min_size=p, max_size=p)), reverse=True)
+    limit = draw(st.one_of(st.just(math.inf), st.integers(3, 60).map(float)))
+    return costs, state, act, factors, limit
+
+
+@pytest.mark.timeout(300)  # a backstop: time_bound fails a hanging example long before
+@settings(max_examples=300, deadline=None)
+@given(float_problems())
+def test_float_costs_terminate_on_the_exact_optimum(
+    problem: tuple[list[float], list[float], list[float], list[float], float],
+) -> None:
+    costs, state, act, factors, limit = problem
+    with time_bound(2.0):  # measured well under 10 ms; the old bisection never returned on some of these
+        solved = Partitioner(costs, state, act, factors, limit).solve()
+    expected = brute_force_in_prefix_sums(costs, state, act, factors, limit)
+    if expected is None:
+        assert solved is None
+        return
+    assert solved is not None
+    assert (solved.bottleneck, solved.peak_memory) == expected
+    # and the optimum of real arithmetic, up to the rounding of the sums
+    exact = brute_force(costs, state, act, factors, limit, by_memory=False)
+    assert exact is not None and solved.bottleneck == pytest.approx(exact[0], rel=1e-9, abs=1e-300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(float_problems(), st.integers(1, 7), st.booleans())
+def test_float_memory_terminates_within_the_limit(
+    problem: tuple[list[float], list[float], list[float], list[float], float], gpus: int, by_memory: bool
+) -> None:
+    """Memory in float too (state per parameter / GPUs per worker is a fraction), also balanced by memory:
+    the solver ends, respects the limit, and is optimal up to rounding: no worse than the brute force under
+    a limit a rounding tighter, no better than under one a rounding looser (where the two sums may differ)."""
+    costs, state, act, factors, limit = problem
+    state = [b * 12 / gpus for b in state]
+    with time_bound(2.0):
+        solved = Partitioner(costs, state, act, factors, limit, balance_memory=by_memory).solve()
+    tighter = brute_force(costs, state, act, factors, limit * (1 - 1e-12), by_memory)
+    looser = brute_force(costs, state, act, factors, limit * (1 + 1e-12), by_memory)
+    if solved is None:
+        assert tighter is None
+        return
+    assert all(m <= limit for m in solved.stage_memory)
+    assert looser is not None and solved.bottleneck >= looser[0] * (1 - 1e-9)
+    if tighter is not None:
+        assert solved.bottleneck <= tighter[0] * (1 + 1e-9)
+
+
+@pytest.mark.timeout(10)
+def test_decimal_costs_that_hung_the_bisection() -> None:
+    # 0.1 * 3 is 0.30000000000000004: the bisection reached two neighbouring floats and probed the upper one
+    # forever. Measured milliseconds hit the same (balanceBy time).
+    for costs, stages in (([0.1] * 6, 2), ([0.37, 0.41, 0.29, 0.33, 0.38, 0.4], 3)):
+        zeros = [0.0] * len(costs)
+        with time_bound(2.0):
+            solved = Partitioner(costs, zeros, zeros, [1.0] * stages).solve()
+        expected = brute_force_in_prefix_sums(costs, zeros, zeros, [1.0] * stages, math.inf)
+        assert solved is not None and expected is not None and solved.bottleneck == expected[0]
+    halves = Partitioner([0.1] * 6, [0.0] * 6, [0.0] * 6, [1.0] * 2).solve()
+    assert halves is not None and halves.starts == (0, 3)
 
 
 def test_remaining_ties_give_the_last_stages_as_many_units_as_they_can() -> None:

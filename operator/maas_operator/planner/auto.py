@@ -15,6 +15,10 @@ The cost model is deliberately simple, so a person can redo the arithmetic from 
   gradients: 2(n-1) latencies + 2(n-1)/n x bytes / bandwidth, over NVLink when all data-parallel peers
   share a node, else over the network;
 - throughput: replicas x batch / step time.
+
+The search tries every pipeline depth and replica count up to AUTO_PIPELINE_CANDIDATES, then a geometric
+ladder, and never more workers than the nodes' GPUs hold (when known) or MAX_PODS_PER_CLUSTER: its time
+grows with the logarithm of gpuBudget, whatever budget the API server accepted.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from maas_api.catalog import DTYPE_BYTES
 from maas_api.plan import ModelProfile, bubble_fraction
 from maas_api.spec import MaaSJobSpec, Mode
 
+from maas_operator.planner.cluster import MAX_PODS_PER_CLUSTER
 from maas_operator.planner.memory import microbatch_pool
 from maas_operator.planner.microbatches import choose_microbatches
 from maas_operator.planner.reasons import PlanError, format_count, list_some, plural
@@ -58,7 +63,8 @@ MICROBATCH_OVERHEAD_S = 30e-6
 """Fixed time per microbatch and pass on a stage (kernel launches, Python and schedule bookkeeping)."""
 DEFAULT_GPUS_PER_NODE = 8
 AUTO_PIPELINE_CANDIDATES = 48
-"""Above this many feasible pipeline depths, auto tries a geometric subset (keeps planning fast)."""
+"""Above this many feasible pipeline depths (or replica counts), auto tries a geometric subset, so planning
+time grows with the logarithm of gpuBudget, not with the budget (gpuBudget 1e12 looped 1e12 times)."""
 THROUGHPUT_TIE = 0.005
 """Estimates within 0.5% are a tie: fewer GPUs win, then fewer stages."""
 
@@ -146,8 +152,8 @@ class AutoChoice:
     microbatch_note: str | None
 
 
-def pipeline_candidates(largest: int) -> list[int]:
-    """Every depth up to AUTO_PIPELINE_CANDIDATES, then a geometric ladder (x1.25) up to `largest`."""
+def count_candidates(largest: int) -> list[int]:
+    """Every count up to AUTO_PIPELINE_CANDIDATES, then a geometric ladder (x1.25) up to `largest`."""
     if largest <= AUTO_PIPELINE_CANDIDATES:
         return list(range(1, largest + 1))
     depths = set(range(1, AUTO_PIPELINE_CANDIDATES + 1))
@@ -166,11 +172,13 @@ def choose_auto(
     split_for: Callable[[int, int], SplitResult],
     gpu_product: str | None,
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    cluster_gpus: int | None = None,
 ) -> AutoChoice:
     """The (stages, replicas, microbatches) with the best estimated throughput within parallelism.gpuBudget.
 
     `split_for(model_stages, microbatches)` splits the model (PlanError when it does not fit); a user-set
-    replicas or microbatches is never changed.
+    replicas or microbatches is never changed. `cluster_gpus`, the GPUs of the nodes the job may use when
+    they are known, also bounds the choice: a plan larger than the cluster could never be placed.
     """
     budget = spec.parallelism.gpu_budget
     if budget is None:
@@ -193,11 +201,18 @@ def choose_auto(
             f"spec.parallelism.replicas: {fixed_replicas} replicas of {gpus} GPUs need more than the"
             f" gpuBudget of {budget} GPUs"
         )
+    # No cluster runs more worker pods than MAX_PODS_PER_CLUSTER, nor more workers than its GPUs hold,
+    # whatever the budget says.
+    cluster_workers = MAX_PODS_PER_CLUSTER
+    if cluster_gpus is not None and spec.resources.gpus > 0 and cluster_gpus >= gpus:
+        cluster_workers = min(cluster_workers, cluster_gpus // gpus)
+    if fixed_replicas:
+        most_workers = min(most_workers, max(1, cluster_workers // fixed_replicas))
     largest_depth = min(most_workers, max_stages // stages_per_worker)
     batch = microbatch_pool(spec)
     estimates: list[tuple[Estimate, SplitResult, str | None]] = []
     skipped: dict[str, list[int]] = {}  # reason -> stage counts it ruled out
-    for depth in pipeline_candidates(largest_depth):
+    for depth in count_candidates(largest_depth):
         model_stages = depth * stages_per_worker
         note: str | None = None
         try:
@@ -213,7 +228,8 @@ def choose_auto(
         except PlanError as error:
             skipped.setdefault(_skip_reason(str(error)), []).append(model_stages)
             continue
-        replica_options = [fixed_replicas] if fixed_replicas else range(1, workers // depth + 1)
+        most_replicas = max(1, min(workers, cluster_workers) // depth)
+        replica_options = [fixed_replicas] if fixed_replicas else count_candidates(most_replicas)
         for replicas in replica_options:
             estimate = estimate_throughput(
                 spec, profile, split, replicas, microbatches, gpu_product, gpus_per_node
@@ -250,6 +266,9 @@ def choose_auto(
     ]
     if fixed_replicas:
         notes.append(f"auto: kept spec.parallelism.replicas {fixed_replicas} as set")
+    if cluster_workers * gpus < budget:
+        why = "the nodes' GPUs" if cluster_workers < MAX_PODS_PER_CLUSTER else "the pods a cluster runs"
+        notes.append(f"auto: planned within {cluster_workers * gpus} GPUs ({why}), less than the budget")
     if skipped:
         notes.append(f"auto: ruled out {_skipped_text(skipped)}")
     return AutoChoice(chosen, split, notes, microbatch_note)

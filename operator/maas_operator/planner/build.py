@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,10 +12,10 @@ from maas_api.catalog import DTYPE_BYTES, CatalogArgsError, model_profile
 from maas_api.contract import stages_of_pipeline_rank, worker_index
 from maas_api.job import MaaSJob
 from maas_api.plan import ModelProfile, Plan, StagePlan, WorkerPlan, bubble_fraction
-from maas_api.spec import MaaSJobSpec, Mode, SplitStrategy, TrainingSpec
+from maas_api.spec import MaaSJobSpec, Mode, TrainingSpec
 
 from maas_operator.planner.auto import DEFAULT_GPUS_PER_NODE, choose_auto
-from maas_operator.planner.cluster import Node, parse_node, used_gpus_from_annotations
+from maas_operator.planner.cluster import MAX_PODS_PER_CLUSTER, Node, parse_node, used_gpus_from_annotations
 from maas_operator.planner.memory import (
     build_memory_model,
     microbatch_pool,
@@ -23,9 +24,12 @@ from maas_operator.planner.memory import (
     unmeasured_activations_note,
 )
 from maas_operator.planner.microbatches import choose_microbatches
-from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang
-from maas_operator.planner.reasons import PlanError, format_bytes
-from maas_operator.planner.split import SplitRequest, SplitResult, group_items, split_model
+from maas_operator.planner.placement import GangRequest, filter_nodes, place_gang, require_capacity
+from maas_operator.planner.reasons import PlanError, format_bytes, plural
+from maas_operator.planner.split import SplitRequest, SplitResult, check_stage_count, split_items, split_model
+
+LARGEST_INT64 = 2**63 - 1
+"""The API server stores whole numbers as int64, so a larger one cannot come from a stored object."""
 
 
 def worker_name(job: str, replica: int, pipeline_rank: int) -> str:
@@ -49,7 +53,9 @@ def build_plan(
     placement, every worker's node is None); `used_gpus` maps node -> GPUs held by other jobs' pods
     (default: the nodes' `maas.dev/used-gpus` annotation); `previous` maps worker name -> node of the last
     placement, whose still-valid workers stay put; `worker_size_mix` is the cluster's GPU demand by GPUs per
-    worker (what counts as a fragment, see placement). Raises PlanError (bad input) or Unschedulable (no room).
+    worker (what counts as a fragment, see placement). Raises PlanError (bad input) or Unschedulable (no room),
+    and nothing else, in bounded time, for any spec that parse_maasjob accepts: the operator calls it in its
+    reconcile loop (tests/planner/test_robustness.py checks this on mutations of every example).
     """
     if isinstance(job, MaaSJob):
         spec = job.spec
@@ -59,11 +65,21 @@ def build_plan(
         spec = job
     if not name:
         raise PlanError("metadata.name: the plan needs the job's name (workers are named after it)")
-    if profile is None:
+    check_numbers(spec.model_dump(by_alias=True), "spec")
+    if profile is not None:
+        profile_field = "profile"
+        check_numbers([unit.model_dump(by_alias=True) for unit in profile.units], profile_field)
+    else:
+        profile_field = "spec.model.profile" if spec.model.profile is not None else "spec.model.args"
         try:
             profile = model_profile(spec.model)
         except CatalogArgsError as error:
             raise PlanError(str(error)) from error
+    if isinstance(spec.split.stages, int):
+        # Before anything is sized by the stage count (stages: 1e8 would allocate first, then refuse).
+        check_stage_count(
+            spec.split.stages, *split_items(profile.units, spec.split.strategy), "spec.split.stages"
+        )
     parsed_nodes = (
         None
         if nodes is None
@@ -73,13 +89,20 @@ def build_plan(
     notes: list[str] = []
 
     filter_request = _gang_request(spec, name, (), 1)
+    filtered = None if parsed_nodes is None else filter_nodes(parsed_nodes, filter_request, used)
     gpu_product = spec.resources.gpu_product
     gpu_memory = None
     gpus_per_node = DEFAULT_GPUS_PER_NODE
+    cluster_gpus = None if filtered is None else sum(node.gpus for node in filtered.nodes)
     if spec.resources.gpu_memory is not None:
         gpu_memory = parse_quantity(spec.resources.gpu_memory, "spec.resources.gpuMemory")
-    if parsed_nodes:
-        eligible = filter_nodes(parsed_nodes, filter_request, {}).nodes
+        if not (0 < gpu_memory < math.inf):
+            raise PlanError(
+                f"spec.resources.gpuMemory: {spec.resources.gpu_memory} is not a positive, finite memory"
+                " size (example: 80Gi)"
+            )
+    if filtered is not None:
+        eligible = filtered.nodes
         memories = [m for m in (node.gpu_memory_bytes for node in eligible) if m is not None]
         if gpu_memory is None and memories:
             # The smallest GPU among the nodes the job may use: the split must fit wherever it lands.
@@ -106,17 +129,14 @@ def build_plan(
             balance_by=spec.split.balance_by,
             memory=memory,
             heads=tuple(spec.split.heads or ()),
+            profile_field=profile_field,
         )
         return split_model(profile, request)
 
     stages_per_worker = spec.parallelism.stages_per_worker
     if spec.split.stages == "auto":
-        max_stages = (
-            len(group_items(profile.units))
-            if spec.split.strategy == SplitStrategy.SUB_MODEL
-            else len(profile.units)
-        )
-        choice = choose_auto(spec, profile, max_stages, split_for, gpu_product, gpus_per_node)
+        max_stages = len(split_items(profile.units, spec.split.strategy)[0])
+        choice = choose_auto(spec, profile, max_stages, split_for, gpu_product, gpus_per_node, cluster_gpus)
         split, replicas, microbatches = choice.split, choice.estimate.replicas, choice.estimate.microbatches
         pipeline_degree = choice.estimate.pipeline_degree
         notes += choice.notes
@@ -148,6 +168,16 @@ def build_plan(
         )
 
     gpus = spec.resources.gpus
+    # Cheap checks before the worker list is built: replicas: 1e8 would otherwise build every worker first.
+    worker_count = replicas * pipeline_degree
+    if worker_count > MAX_PODS_PER_CLUSTER:
+        raise PlanError(
+            f"spec.parallelism.replicas: {plural(replicas, 'replica')} x {plural(pipeline_degree, 'worker')}"
+            f" = {worker_count} worker pods, more than a Kubernetes cluster runs ({MAX_PODS_PER_CLUSTER} pods);"
+            f" use at most {MAX_PODS_PER_CLUSTER // pipeline_degree} replicas"
+        )
+    if filtered is not None and gpus > 0:
+        require_capacity(filtered, filter_request, worker_count)
     workers = [
         WorkerPlan(
             name=worker_name(name, replica, rank),
@@ -212,9 +242,9 @@ def _gang_request(
     for stage in stages:
         rank = stage.index % pipeline_degree
         if rank + 1 < pipeline_degree:
-            pipeline_weights[rank] += stage.output_bytes_per_sample * batch * (2 if train else 1)
+            pipeline_weights[rank] += float(stage.output_bytes_per_sample) * batch * (2 if train else 1)
         if train:
-            replica_weights[rank] += 2.0 * stage.params * value_bytes
+            replica_weights[rank] += 2.0 * float(stage.params) * value_bytes
     return GangRequest(
         job=job,
         workers=workers,
@@ -227,3 +257,25 @@ def _gang_request(
         pipeline_weights=tuple(pipeline_weights),
         replica_weights=tuple(replica_weights),
     )
+
+
+def check_numbers(document: object, path: str) -> None:
+    """PlanError naming the first number that the API server could not have stored: a whole number beyond
+    int64, or a float that is not finite (JSON has neither). Every product the planner forms from the rest
+    (bytes x samples x microbatches) then stays a finite float."""
+    pending: list[tuple[str, object]] = [(path, document)]
+    while pending:  # a loop, not recursion: free-form args may nest deeper than Python's stack
+        where, value = pending.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and abs(value) > LARGEST_INT64:
+            raise PlanError(
+                f"{where}: a {value.bit_length()}-bit number is beyond int64, the largest whole number"
+                " the API server stores"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PlanError(f"{where}: {value} is not a finite number")
+        if isinstance(value, Mapping):
+            pending += [(f"{where}.{key}", item) for key, item in reversed(list(value.items()))]
+        elif isinstance(value, list | tuple):
+            pending += [(f"{where}[{index}]", item) for index, item in reversed(list(enumerate(value)))]

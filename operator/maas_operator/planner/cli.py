@@ -38,7 +38,10 @@ class _InvalidInputError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="maas plan", description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("-f", "--filename", required=True, help="MaaSJob manifest (YAML), or - for stdin")
-    parser.add_argument("--nodes", help="Node list (kubectl get nodes -o yaml); without it, no placement")
+    parser.add_argument(
+        "--nodes",
+        help="Node list (kubectl get nodes -o yaml, or -o json, which reads faster); without it, no placement",
+    )
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     return parser
 
@@ -55,7 +58,7 @@ def _read(path: str) -> str:
 def _load_manifest(path: str) -> dict[str, Any]:
     try:  # read as kubectl reads it, so the plan is of what `kubectl apply` would store
         documents = list(load_manifests(_read(path)))
-    except ManifestYAMLError as error:
+    except (ManifestYAMLError, ValueError) as error:  # ValueError: an integer of more than 4,300 digits
         raise _InvalidInputError(f"maas plan: {path}: {error}") from error
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "MaaSJob"]
     if len(jobs) != 1:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 from maas_api.plan import bubble_fraction
 from maas_api.spec import PipelineSchedule
 
@@ -11,9 +14,18 @@ TARGET_BUBBLE = 0.2
 """The planner picks the fewest microbatches whose bubble is at most this (fewer = larger, faster kernels)."""
 
 
-def divisors(value: int) -> list[int]:
-    small = [d for d in range(1, int(value**0.5) + 1) if value % d == 0]
-    return sorted({*small, *(value // d for d in small)})
+MAX_MICROBATCHES = 2**16
+"""The most microbatches a step is cut into: far above what any plannable pipeline needs (4,096 stages reach
+a 20% bubble at 16,380), and it bounds the divisor search for every batch size (batchSize 1e18 would
+otherwise take 1e9 trial divisions)."""
+
+
+@functools.cache
+def divisors(value: int, limit: int = MAX_MICROBATCHES) -> tuple[int, ...]:
+    """The divisors of `value` up to `limit`, ascending, in min(sqrt(value), limit) trial divisions: a
+    divisor above sqrt(value) is value // d for a divisor d below it, and d < limit when it is."""
+    small = [d for d in range(1, min(limit, math.isqrt(value)) + 1) if value % d == 0]
+    return tuple(sorted({*small, *(value // d for d in small if value // d <= limit)}))
 
 
 def choose_microbatches(
@@ -27,6 +39,11 @@ def choose_microbatches(
     """The smallest m dividing the batch with bubble <= TARGET_BUBBLE (m >= stages for 1F1B schedules),
     else the candidate with the smallest bubble; returns m and a note that says why."""
     needs_one_per_stage = schedule != PipelineSchedule.GPIPE
+    if needs_one_per_stage and model_stages > MAX_MICROBATCHES:
+        raise PlanError(
+            f"spec.split.stages: {model_stages} stages need as many microbatches per step with schedule"
+            f" {schedule.value}, more than the planner's {MAX_MICROBATCHES}; use fewer stages or schedule GPipe"
+        )
     candidates = [m for m in divisors(batch) if not needs_one_per_stage or m >= model_stages]
     if schedule == PipelineSchedule.INTERLEAVED_1F1B:
         # torch's interleaved schedule runs microbatches in rounds of one per pipeline rank.
@@ -57,7 +74,9 @@ def choose_microbatches(
             return m, f"microbatches {m}: {why}"
     m = candidates[-1]
     bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
+    searched = f" up to {MAX_MICROBATCHES}" if batch > MAX_MICROBATCHES else ""
     return m, (
-        f"microbatches {m}: no divisor of the batch ({batch}) brings the bubble to {TARGET_BUBBLE:.0%};"
+        f"microbatches {m}: no divisor of the batch ({batch}){searched} brings the bubble to"
+        f" {TARGET_BUBBLE:.0%};"
         f" {m} gives the smallest, {bubble:.0%} (a larger {batch_field} would lower it)"
     )

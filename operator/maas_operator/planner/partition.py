@@ -40,11 +40,18 @@ def _smallest_feasible_limit(
     next_limit: Callable[[_ProbeResult], float],
 ) -> _ProbeResult:
     """Bisect one limit (cost or memory) down to the optimum, from a feasible probe `best` and a `lower`
-    bound. A feasible probe lowers the upper end to what it achieved; a failed one raises the lower end to
-    the smallest limit at which its run would change, so the search ends exactly on an achieved value."""
+    bound below which no limit is feasible. A feasible probe lowers the upper end to what it achieved; a
+    failed one raises the lower end to the smallest limit at which its run would change, so the search ends
+    exactly on an achieved value.
+
+    It terminates with any floats: every round at least halves [lower, upper), and once the two are
+    neighbouring floats (the midpoint rounds to one of them) it probes `lower` itself, after which a
+    feasible probe achieves at most `lower` and a failed one reports a next limit above it."""
     upper = achieved(best)
     while lower < upper:
         middle = lower + (upper - lower) / 2
+        if middle >= upper:
+            middle = lower
         result = probe_at(middle)
         if result.feasible:
             best, upper = result, achieved(result)
@@ -187,12 +194,14 @@ class Partitioner:
         best = self.probe(math.inf, memory_limit)
         if not best.feasible:
             return None
-        n, p = self.items, self.stages
-        largest_item = max(self.cost(i, i + 1) for i in range(n))
+        # Every stage holds some item, and a stage's cost (a difference of non-decreasing prefix sums) is
+        # never below its items' own, also in floating point. The average total / p is no such bound: the
+        # stage costs of a float profile may all round below it.
+        largest_item = max(self.cost(i, i + 1) for i in range(self.items))
         return _smallest_feasible_limit(
             lambda limit: self.probe(limit, memory_limit),
             best,
-            lower=max(largest_item, self.cost_prefix[n] / p),
+            lower=largest_item,
             achieved=lambda result: result.max_cost,
             next_limit=lambda result: result.next_cost,
         )

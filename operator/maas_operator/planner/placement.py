@@ -541,6 +541,14 @@ def place_gang(
     return place_on_view(filtered.view, request, previous, filtered.excluded)
 
 
+def require_capacity(filtered: _Filtered, request: GangRequest, workers: int) -> None:
+    """Unschedulable, with place_gang's reasons, when the filtered nodes' free GPUs cannot hold `workers`
+    workers at all. It needs only the count, so the planner checks it before it builds the workers."""
+    free = filtered.view.free
+    if sum(f // request.gpus_per_worker for f in free) < workers:
+        raise Unschedulable(_unschedulable_message(filtered.view, request, free, workers, filtered.excluded))
+
+
 def place_on_view(
     view: ClusterView,
     request: GangRequest,

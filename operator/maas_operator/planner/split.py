@@ -55,6 +55,8 @@ class SplitRequest:
     memory: MemoryModel
     heads: tuple[str, ...] = ()
     stages_field: str = "spec.split.stages"
+    profile_field: str = "spec.model.profile"
+    """Where the profile's numbers came from, for messages (spec.model.args for a catalog model)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,48 @@ def group_items(units: Sequence[UnitProfile]) -> list[SplitItem]:
             )
         items.append(SplitItem.of(unit.group or unit.name, (unit,)))
     return items
+
+
+def split_items(units: Sequence[UnitProfile], strategy: SplitStrategy) -> tuple[list[SplitItem], str]:
+    """What a stage holds at least one of under `strategy`, and their name (Task splits units)."""
+    if strategy == SplitStrategy.SUB_MODEL:
+        return group_items(units), "groups"
+    return layer_items(units), "units"
+
+
+def check_stage_count(stages: int, items: Sequence[SplitItem], what: str, field: str) -> None:
+    """PlanError unless every stage can get one item; cheap, so callers check it before sizing anything by
+    the stage count."""
+    if stages > len(items):
+        raise PlanError(
+            f"{field}: {stages} stages but the model has only {len(items)} {what}"
+            f" ({list_some(item.name for item in items)}); every stage needs at least one,"
+            f" so use at most {len(items)} stages"
+        )
+
+
+PROFILE_NUMBERS: tuple[tuple[str, str], ...] = (
+    ("params", "params"),
+    ("flops_per_sample", "flopsPerSample"),
+    ("activation_bytes_per_sample", "activationBytesPerSample"),
+    ("time_ms_per_sample", "timeMsPerSample"),
+)
+"""The profile's numbers that the split adds up: attribute and wire name."""
+
+
+def check_profile_totals(units: Sequence[UnitProfile], field: str) -> None:
+    """PlanError when a profile number, or the sum of one over the units, is not a finite float: the split
+    adds and compares them as floats, and infinities would end in NaN costs or `Infinity` in the plan."""
+    for attribute, wire in PROFILE_NUMBERS:
+        try:  # summed in order, as the partitioner's prefix sums are
+            total = sum(float(getattr(unit, attribute) or 0) for unit in units)
+        except OverflowError:  # an integer beyond a float
+            total = math.inf
+        if not math.isfinite(total):
+            raise PlanError(
+                f"{field}: {wire} must be finite numbers whose sum over the units fits a float (about 1.8e308);"
+                " a unit's value is infinite or too large"
+            )
 
 
 def item_costs(items: Sequence[SplitItem], balance_by: BalanceBy) -> tuple[list[float], BalanceBy, list[str]]:
@@ -135,28 +179,17 @@ class _Part:
 
 def split_model(profile: ModelProfile, request: SplitRequest) -> SplitResult:
     """The optimal split of `profile` by `request`; PlanError names the field when it cannot be done."""
+    check_profile_totals(profile.units, request.profile_field)
     if request.strategy == SplitStrategy.TASK:
         return _split_task(profile, request)
-    if request.strategy == SplitStrategy.SUB_MODEL:
-        items, what = group_items(profile.units), "groups"
-    else:
-        items, what = layer_items(profile.units), "units"
-    _check_stage_count(request, len(items), what, items)
+    items, what = split_items(profile.units, request.strategy)
+    check_stage_count(request.stages, items, what, request.stages_field)
     costs, balanced, notes = item_costs(items, request.balance_by)
     part = _Part(items, 0, request.stages, request, costs)
     partition = part.partitioner.solve()
     if partition is None:
         raise _memory_error(part, request)
     return SplitResult(_stage_plans([(part, partition)], request, ()), balanced, notes)
-
-
-def _check_stage_count(request: SplitRequest, count: int, what: str, items: Sequence[SplitItem]) -> None:
-    if request.stages > count:
-        raise PlanError(
-            f"{request.stages_field}: {request.stages} stages but the model has only"
-            f" {count} {what} ({list_some(item.name for item in items)}); every stage needs at least one,"
-            f" so use at most {count} stages"
-        )
 
 
 def _split_task(profile: ModelProfile, request: SplitRequest) -> SplitResult:
@@ -196,7 +229,7 @@ def _split_task(profile: ModelProfile, request: SplitRequest) -> SplitResult:
             f"{request.stages_field}: strategy Task needs at least 2 stages (the trunk, then the heads),"
             f" got {request.stages}"
         )
-    _check_stage_count(request, len(trunk_items) + len(head_items), "units", [*trunk_items, *head_items])
+    check_stage_count(request.stages, [*trunk_items, *head_items], "units", request.stages_field)
     trunk_costs, balanced, notes = item_costs(trunk_items, request.balance_by)
     head_costs, _, head_notes = item_costs(head_items, request.balance_by)
     notes = notes or head_notes
