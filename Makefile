@@ -36,8 +36,9 @@ crds: venv  ## regenerate crds/maasjob.yaml from the API models
 cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
 	@$(PYTHON) -m maas_devcluster up
 
-cluster-down: venv
+cluster-down: venv  ## stop the operator the demo started (if any), then the local control plane
+	@PATH=$(CURDIR)/.venv/bin:$$PATH bash hack/local-operator.sh stop
 	@$(PYTHON) -m maas_devcluster down
 
-demo: venv control-plane  ## the README's demo on the local cluster (leaves it running; make cluster-down)
+demo: venv control-plane  ## the README's demo: cluster + operator + a job to Ready (left running; make cluster-down)
 	@bash hack/demo.sh

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from maas_api.job import GROUP, KIND, PLURAL, VERSION
 
 from maas_operator import metrics, names
 from maas_operator.cache import WorldCache
-from maas_operator.children import JobRef
+from maas_operator.children import JobRef, Manifest
 from maas_operator.kube import Kube, api_message
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
 from maas_operator.settings import OperatorSettings
@@ -31,6 +32,25 @@ MAX_ERROR_BACKOFF_SECONDS = 60.0
 REFUSED_STATUSES = frozenset({400, 403, 422})
 """API answers that refuse a child for a reason its job's owner can fix (a missing ServiceAccount or
 PriorityClass, a quota, an invalid template field): posted on the job as a FailedCreate event."""
+
+
+def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
+    """A decision's applies, in order, cut into waves whose objects may be applied concurrently.
+
+    A wave is a run of one kind with distinct names, so the order that matters is kept: the Service and the
+    plans exist before any pod, and every gated pod of a gang exists before any gate is lifted (the lift
+    applies the same pod again, which starts the next wave).
+    """
+    waves: list[list[Manifest]] = []
+    in_wave: set[str] = set()
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        if not waves or manifest["kind"] != waves[-1][0]["kind"] or name in in_wave:
+            waves.append([])
+            in_wave = set()
+        waves[-1].append(manifest)
+        in_wave.add(name)
+    return waves
 
 
 class Controller:
@@ -162,7 +182,7 @@ class Controller:
         wire = status.to_wire()
         if wire != observed.status.to_wire():
             try:
-                self.cache.put_job("MODIFIED", await self.kube.apply_status(job, wire))
+                self.cache.put_own_write(await self.kube.apply_status(job, wire))
             except ApiException as error:
                 if error.status == 404:
                     return
@@ -173,20 +193,29 @@ class Controller:
             metrics.RESTARTS.labels(cause="failure").inc(restarts)
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
-        for manifest in decision.apply:
-            try:
-                result = await self.kube.apply(manifest)
-            except ApiException as error:
-                if error.status in REFUSED_STATUSES:
-                    # Only the operator's log would say why the job makes no progress: tell its owner.
-                    kind, name = manifest["kind"], manifest["metadata"]["name"]
-                    message = f"{kind} {name}: {api_message(error)}"
-                    await self._post_event(key, job, Event("Warning", "FailedCreate", message))
-                raise
-            if manifest["kind"] == "Pod":
-                self.cache.put_pod("MODIFIED", result)
-            elif manifest["kind"] == "ConfigMap":
-                self.cache.put_configmap("MODIFIED", result)
+        for wave in apply_waves(decision.apply):
+            # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
+            # together, which shortens the time the placement lock is held by a factor of the gang size.
+            results = await asyncio.gather(
+                *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
+            )
+            failure: BaseException | None = None
+            for manifest, result in zip(wave, results, strict=True):
+                if isinstance(result, BaseException):
+                    if (
+                        failure is None
+                        and isinstance(result, ApiException)
+                        and result.status in REFUSED_STATUSES
+                    ):
+                        # Only the operator's log would say why the job makes no progress: tell its owner.
+                        kind, name = manifest["kind"], manifest["metadata"]["name"]
+                        message = f"{kind} {name}: {api_message(result)}"
+                        await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                    failure = failure or result
+                elif manifest["kind"] in {"Pod", "ConfigMap"}:
+                    self.cache.put_own_write(result)
+            if failure is not None:
+                raise failure
         for deletion in decision.delete_pods:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
@@ -196,11 +225,15 @@ class Controller:
                 and answer.get("kind") == "Pod"
                 and (answer.get("metadata") or {}).get("deletionTimestamp")
             ):
-                self.cache.put_pod("MODIFIED", answer)
+                self.cache.put_own_write(answer)
             else:
-                self.cache.put_pod(
-                    "DELETED", {"metadata": {"name": deletion.name, "namespace": job.namespace}}
-                )
+                # Gone already: the job label files it under its job (without it only the GPU count forgot it).
+                gone = {
+                    "name": deletion.name,
+                    "namespace": job.namespace,
+                    "labels": {names.JOB_LABEL: job.name},
+                }
+                self.cache.put_pod("DELETED", {"metadata": gone})
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
