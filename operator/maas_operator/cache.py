@@ -2,7 +2,7 @@
 
 Holds every MaaSJob, the worker pods and plan ConfigMaps of each job, the GPUs every pod holds, and the nodes.
 `observe(key)` turns it into the `reconcile.Observed` of one job. The adapter also writes its own successful
-writes through (`put_pod`), so the next decision sees them before their watch events arrive.
+writes through (`put_own_write`), so the next decision sees them before their watch events arrive.
 """
 
 from __future__ import annotations
@@ -38,6 +38,24 @@ def job_key_of(body: Body) -> str | None:
     metadata = body.get("metadata") or {}
     job = (metadata.get("labels") or {}).get(names.JOB_LABEL)
     return f"{metadata.get('namespace') or 'default'}/{job}" if job else None
+
+
+def resource_version(body: Body) -> int | None:
+    """The object's resourceVersion as a number (the API server's are etcd revisions: client-go's mutation
+    cache compares them the same way), or None when it has none that reads as one."""
+    raw = (body.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(str(raw))
+    except ValueError:
+        return None
+
+
+def is_older(body: Body, cached: Body | None) -> bool:
+    """True when `cached` is a newer version of the same object than `body`."""
+    if cached is None:
+        return False
+    mine, theirs = resource_version(body), resource_version(cached)
+    return mine is not None and theirs is not None and mine < theirs
 
 
 def _node_summary(node: Node) -> tuple[object, ...]:
@@ -123,6 +141,36 @@ class WorldCache:
             else:
                 replicas.add(name)
         return job_key
+
+    def put_own_write(self, body: Body) -> bool:
+        """An object as the answer to our own apply or delete returned it; False when it was ignored.
+
+        The watch may have delivered a newer version of it meanwhile (the answer and the event race), or
+        already reported a pod that we deleted gone: the answer must not bring back the older state, since no
+        further event would ever correct it (a deleted pod kept as "terminating" would block its job).
+        """
+        kind = body.get("kind")
+        if kind == "Pod":
+            job_key = job_key_of(body)
+            name = str((body.get("metadata") or {}).get("name", ""))
+            cached = self.pods.get(job_key, {}).get(name) if job_key is not None else None
+            if cached is None and (body.get("metadata") or {}).get("deletionTimestamp"):
+                return False
+            if is_older(body, cached):
+                return False
+            self.put_pod("MODIFIED", body)
+        elif kind == "ConfigMap":
+            job_key = job_key_of(body)
+            if job_key is not None and is_older(body, self.plan_configmaps.get(job_key)):
+                return False
+            self.put_configmap("MODIFIED", body)
+        else:
+            key = object_key(body)
+            if key not in self.jobs or is_older(body, self.jobs[key]):
+                # A job missing here was deleted: only its watch event may add it back.
+                return False
+            self.put_job("MODIFIED", body)
+        return True
 
     def forget_job(self, key: str) -> None:
         """The job is gone: its children go with it (owner references), so drop what we know of them."""

@@ -150,7 +150,7 @@ class Controller:
         wire = status.to_wire()
         if wire != observed.status.to_wire():
             try:
-                self.cache.put_job("MODIFIED", await self.kube.apply_status(job, wire))
+                self.cache.put_own_write(await self.kube.apply_status(job, wire))
             except ApiException as error:
                 if error.status == 404:
                     return
@@ -163,10 +163,8 @@ class Controller:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
         for manifest in decision.apply:
             result = await self.kube.apply(manifest)
-            if manifest["kind"] == "Pod":
-                self.cache.put_pod("MODIFIED", result)
-            elif manifest["kind"] == "ConfigMap":
-                self.cache.put_configmap("MODIFIED", result)
+            if manifest["kind"] in {"Pod", "ConfigMap"}:
+                self.cache.put_own_write(result)
         for deletion in decision.delete_pods:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
@@ -176,11 +174,15 @@ class Controller:
                 and answer.get("kind") == "Pod"
                 and (answer.get("metadata") or {}).get("deletionTimestamp")
             ):
-                self.cache.put_pod("MODIFIED", answer)
+                self.cache.put_own_write(answer)
             else:
-                self.cache.put_pod(
-                    "DELETED", {"metadata": {"name": deletion.name, "namespace": job.namespace}}
-                )
+                # Gone already: the job label files it under its job (without it only the GPU count forgot it).
+                gone = {
+                    "name": deletion.name,
+                    "namespace": job.namespace,
+                    "labels": {names.JOB_LABEL: job.name},
+                }
+                self.cache.put_pod("DELETED", {"metadata": gone})
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
