@@ -157,7 +157,7 @@ class _Step:
     def finish(self) -> Decision:
         for type_, reason in INITIAL_REASONS.items():
             if not any(c.type == type_ for c in self.status.conditions):
-                self.condition(type_, False, reason, "")
+                self.condition(type_, False, reason, "", quiet=True)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation
         self.status.selector = names.selector(self.observed.job.name)
@@ -178,7 +178,8 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Decision:
     step = _Step(observed, settings)
     spec = observed.spec
     if spec is None:
-        step.condition(ConditionType.PLANNED, False, "InvalidSpec", observed.spec_error)
+        # Quiet: the Failed condition tells the same story in one event.
+        step.condition(ConditionType.PLANNED, False, "InvalidSpec", observed.spec_error, quiet=True)
         return _fail(step, None, "InvalidSpec", observed.spec_error)
     if _finished(step.status, observed.generation):
         return _after_finish(step, spec)
@@ -397,7 +398,7 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
             return old
         return None
     except PlanError as error:
-        step.condition(ConditionType.PLANNED, False, "InvalidSpec", str(error))
+        step.condition(ConditionType.PLANNED, False, "InvalidSpec", str(error), quiet=True)
         _fail(step, spec, "InvalidSpec", str(error))
         return None
     step.decision.planned = True

@@ -81,8 +81,9 @@ def set_condition(
             observed_generation=generation,
         )
     )
-    # A first False is not news (every condition starts out False); a first True is.
-    return Transition(type_, wanted, reason, message) if value else None
+    # A first condition is a transition too (a new job found Unschedulable is news); the caller keeps the
+    # placeholders that every condition starts with quiet.
+    return Transition(type_, wanted, reason, message)
 
 
 def condition(status: MaaSJobStatus, type_: ConditionType) -> Condition | None:
