@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from maas_api.job import GROUP, KIND, PLURAL, VERSION
 
 from maas_operator import metrics, names
-from maas_operator.cache import WorldCache
+from maas_operator.cache import WorldCache, object_key
 from maas_operator.kube import Kube
 from maas_operator.reconcile import Decision, Observed, reconcile
 from maas_operator.settings import OperatorSettings
@@ -82,9 +82,15 @@ class Controller:
             self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        pod_key = object_key(body)
+        held_gpus = pod_key in self.cache.holders
         job_key = self.cache.put_pod(event_type, body)
         if job_key is not None and job_key in self.cache.jobs:
             self.queue.add(job_key)
+        if held_gpus and pod_key not in self.cache.holders:
+            # GPUs freed (the pod finished or is gone): a job waiting for room may fit now.
+            for key in self.cache.unschedulable_job_keys():
+                self.queue.add(key)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         if self.cache.put_node(event_type, body):

@@ -40,6 +40,9 @@ from maas_operator.world import WorkerPod
 STALE_POD_POLL_SECONDS = 2.0
 """Requeue while stale pods terminate (their delete events also wake the job)."""
 
+UNSCHEDULABLE = "Unschedulable"
+"""Reason of Planned=False when no placement fits now (the job waits for nodes or freed GPUs)."""
+
 # Spec fields that do not change the plan: editing them restarts pods (their hash changes) but keeps placement.
 NOT_PLAN_INPUTS = frozenset({"run_policy", "failure_policy", "image", "env", "template"})
 
@@ -387,7 +390,7 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
             namespace=observed.job.namespace,
         )
     except Unschedulable as error:
-        step.condition(ConditionType.PLANNED, False, "Unschedulable", str(error))
+        step.condition(ConditionType.PLANNED, False, UNSCHEDULABLE, str(error))
         if old is not None and problem == "SpecChanged" and not step.lost_nodes:
             # The running gang is whole and healthy: keep it until the new shape fits.
             step.event(
