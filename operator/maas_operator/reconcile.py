@@ -138,9 +138,10 @@ class _Step:
 
     def condition(
         self, type_: ConditionType, value: bool, reason: str, message: str, quiet: bool = False
-    ) -> None:
+    ) -> bool:
         """Sets a condition; a transition becomes an event when it is news: a condition turning True, or any
-        change of Planned, Suspended and Failed (Ready and Restarting turning False say nothing new)."""
+        change of Planned, Suspended and Failed (Ready and Restarting turning False say nothing new).
+        Returns whether the condition changed status or reason."""
         transition = set_condition(
             self.status, type_, value, reason, message, self.now, self.observed.generation
         )
@@ -148,6 +149,7 @@ class _Step:
         if transition is not None and news and not quiet:
             kind = "Warning" if transition.warning else "Normal"
             self.decision.events.append(Event(kind, reason, message or f"{type_} is {transition.status}"))
+        return transition is not None
 
     def event(self, kind: str, reason: str, message: str) -> None:
         self.decision.events.append(Event(kind, reason, message))
@@ -390,14 +392,16 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
             namespace=observed.job.namespace,
         )
     except Unschedulable as error:
-        step.condition(ConditionType.PLANNED, False, UNSCHEDULABLE, str(error))
+        refused_now = step.condition(ConditionType.PLANNED, False, UNSCHEDULABLE, str(error))
         if old is not None and problem == "SpecChanged" and not step.lost_nodes:
-            # The running gang is whole and healthy: keep it until the new shape fits.
-            step.event(
-                "Warning",
-                "ReplanUnschedulable",
-                f"the changed spec does not fit now, keeping the running plan: {error}",
-            )
+            # The running gang is whole and healthy: keep it until the new shape fits (said once, not at
+            # every reconcile while it does not fit).
+            if refused_now:
+                step.event(
+                    "Warning",
+                    "ReplanUnschedulable",
+                    f"the changed spec does not fit now, keeping the running plan: {error}",
+                )
             return old
         return None
     except PlanError as error:
