@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from maas_api.job import parse_maasjob
+from maas_api.plan import Plan
 from maas_api.status import ConditionType, MaaSJobStatus
 from maas_operator import names
 from maas_operator.children import JobRef
@@ -15,7 +17,7 @@ from maas_operator.controller import Controller
 from maas_operator.kube import Kube
 from maas_operator.reconcile import UNSCHEDULABLE, Observed, reconcile
 from maas_operator.settings import OperatorSettings
-from maas_operator.world import planner_node
+from maas_operator.world import pinned_node, planner_node, worker_pod
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -147,3 +149,41 @@ def test_pods_that_free_no_gpus_wake_only_their_own_job() -> None:
     controller.on_pod("DELETED", _pod("running-r0-s1", "running", gpus=0))
     controller.on_pod("MODIFIED", _pod("running-r0-s0", "running", gpus=1))
     assert drain(controller) == {"ns/running"}
+
+
+def test_a_scale_that_does_not_fit_is_told_once_and_keeps_the_running_plan() -> None:
+    running = observed(replicas=2)
+    first = reconcile(running, OperatorSettings())
+    plan_document = next(m for m in first.apply if m["metadata"]["name"] == names.plan_configmap_name("huge"))
+    plan = Plan.model_validate_json(plan_document["data"][names.PLAN_KEY])
+    inputs = plan_document["metadata"]["annotations"][names.PLAN_INPUTS_ANNOTATION]
+    # The first decision's pods, as they run once the scheduler and kubelet are done with them.
+    manifests = {m["metadata"]["name"]: m for m in first.apply if m["kind"] == "Pod"}
+    pods = tuple(
+        worker_pod(
+            {
+                **manifest,
+                "spec": {**manifest["spec"], "nodeName": pinned_node(manifest)},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }
+        )
+        for manifest in manifests.values()
+    )
+    assert len(pods) == 6 and not any(p.gated for p in pods)
+    steady = reconcile(
+        replace(observed(replicas=2, status=first.status), plan=plan, plan_inputs=inputs, pods=pods),
+        OperatorSettings(),
+    )
+    assert [e.reason for e in steady.events] == ["AllWorkersReady"]
+    scaled = replace(
+        observed(replicas=6, status=steady.status), plan=plan, plan_inputs=inputs, generation=2, pods=pods
+    )
+
+    refused = reconcile(scaled, OperatorSettings())
+    planned = next(c for c in refused.status.conditions if c.type == ConditionType.PLANNED)
+    assert (planned.status, planned.reason, planned.observed_generation) == ("False", UNSCHEDULABLE, 2)
+    assert refused.status.replicas == 2, "the running plan stays"
+    assert sorted(e.reason for e in refused.events) == ["ReplanUnschedulable", UNSCHEDULABLE]
+
+    again = reconcile(replace(scaled, status=refused.status), OperatorSettings())
+    assert again.events == [], "the same refusal is news once"
