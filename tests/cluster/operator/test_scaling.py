@@ -4,9 +4,11 @@ a scale beyond the pool's capacity keeps the running plan."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from maas_operator import names
 
 from tests.cluster.operator.gangs import (
     env,
@@ -98,9 +100,21 @@ def test_scaling_a_serve_job_adds_and_removes_whole_replicas_only(jobs: Jobs, po
         "serve: only replica 0, untouched", lambda: _serving(jobs, "serve", 1, keep=kept), timeout=90
     )
     assert uids(one) == kept
+    # The removed replicas' one-replica plans go with them.
+    jobs.wait(
+        "serve: only replica 0's plan ConfigMap left",
+        lambda: _replica_configmaps(jobs, "serve") == [names.replica_configmap_name("serve", 0)],
+    )
     status = jobs.status("serve")
     assert status["replicas"] == 1
     assert status.get("restarts", 0) == 0 and status.get("disruptions", 0) == 0, "a scale is no failure"
+
+
+def _replica_configmaps(jobs: Jobs, name: str) -> list[str]:
+    answer = jobs.kubectl(
+        "get", "configmaps", "-l", f"{names.JOB_LABEL}={name},{names.REPLICA_LABEL}", "-o", "json"
+    )
+    return sorted(m["metadata"]["name"] for m in json.loads(answer.stdout)["items"])
 
 
 def _serving(jobs: Jobs, name: str, replicas: int, keep: dict[str, str]) -> list[dict[str, Any]] | None:
