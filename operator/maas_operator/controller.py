@@ -175,12 +175,15 @@ class Controller:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
             )
-            if (
-                answer is not None
-                and answer.get("kind") == "Pod"
-                and (answer.get("metadata") or {}).get("deletionTimestamp")
-            ):
-                self.cache.put_own_write(answer)
+            metadata = (answer or {}).get("metadata") or {}
+            if answer is not None and answer.get("kind") == "Pod" and metadata.get("deletionTimestamp"):
+                if deletion.force and not metadata.get("finalizers"):
+                    # Grace period 0 and no finalizer: the API server removed it at once (the answer is its
+                    # last state). Kept as terminating, it would wait for a DELETED event that can be missed:
+                    # a restarted operator deletes before kopf's watch begins.
+                    self.cache.put_pod("DELETED", answer)
+                else:
+                    self.cache.put_own_write(answer)
             else:
                 # Gone already: the job label files it under its job (without it only the GPU count forgot it).
                 gone = {
