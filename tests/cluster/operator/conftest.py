@@ -20,7 +20,17 @@ from tests.cluster.operator.support import (
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "-f", str(REPO / "crds" / "maasjob.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/maasjobs.maas.dev", "--timeout=30s")
+    # Not `kubectl wait`: it fails outright when asked before the CRD has any status conditions.
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_until(
+        "the MaaSJob CRD Established",
+        lambda: (
+            cluster.kubectl(
+                "get", "crd/maasjobs.maas.dev", "-o", f"jsonpath={established}", check=False
+            ).stdout
+            == "True"
+        ),
+    )
 
 
 @pytest.fixture(scope="session")

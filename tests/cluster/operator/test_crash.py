@@ -1,5 +1,6 @@
 """The operator killed with SIGKILL on the real control plane: in the middle of making a gang it leaves, once
-restarted, exactly one gang and no orphan; with running jobs a restart changes nothing."""
+restarted, exactly one gang and no orphan; in the middle of replacing a gang it counts the cause once; with
+running jobs a restart changes nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 from kubernetes import client as k8s
+from maas_devcluster.simulation import NODE_READY_ANNOTATION
 from maas_devcluster.testing import wait_until
 
 from tests.cluster.operator.gangs import (
@@ -21,6 +23,9 @@ from tests.cluster.operator.gangs import (
     uids,
     wait_whole_gang,
     worker_names,
+)
+from tests.cluster.operator.gangs import (
+    nodes as nodes_of,
 )
 from tests.cluster.operator.support import Jobs, OperatorProcess, train_job
 
@@ -100,6 +105,41 @@ def test_sigkill_while_making_a_gang_leaves_exactly_one_gang(
     status = jobs.status(name)
     assert status["phase"] == "Running" and status["readyWorkers"] == f"{WORKERS}/{WORKERS}"
     assert status.get("restarts", 0) == 0 and status.get("disruptions", 0) == 0
+
+
+def test_sigkill_while_replacing_a_gang_counts_the_disruption_once(
+    jobs: Jobs, pool: str, operator: OperatorProcess, core_v1: k8s.CoreV1Api
+) -> None:
+    """The operator writes the new attempt into the status before it deletes the old gang: killed between
+    the two, its successor finishes the replacement without counting the node loss again."""
+    name = "replace"
+    expected = worker_names(name, 2, 3)
+    jobs.apply(train_job(name, pool, parallelism={"replicas": 2}))
+    before = wait_whole_gang(jobs, name, expected)
+    sick = sorted(set(nodes_of(before).values()))[0]
+    armed, killed = threading.Event(), threading.Event()
+
+    def kill_at_the_first_deletion(pods: list[Pod]) -> None:
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        if armed.is_set() and not killed.is_set() and len(live) < len(expected):
+            operator.kill()
+            killed.set()
+
+    with PodWatch(core_v1, jobs.namespace, kill_at_the_first_deletion):
+        armed.set()
+        jobs.cluster.kubectl("annotate", "node", sick, f"{NODE_READY_ANNOTATION}=false")
+        wait_until("the kill at the first deletion of the old gang", killed.is_set, timeout=60)
+        left = [n for n, uid in uids(jobs.pods(name)).items() if uid in set(uids(before).values())]
+        operator.start()
+        after = wait_whole_gang(jobs, name, expected, new_since=uids(before).values())
+    print(f"\nkill while replacing: {len(left)} of {len(expected)} old pods left at the kill")
+
+    assert sick not in nodes_of(after).values()
+    assert {p["metadata"]["labels"]["maas.dev/attempt"] for p in after} == {"1"}
+    status = jobs.status(name)
+    assert status["disruptions"] == 1 and status.get("restarts", 0) == 0
+    everything = json.loads(jobs.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    assert sorted(map(name_of, everything)) == sorted(expected), "no orphan pod"
 
 
 def test_an_operator_restart_changes_nothing(jobs: Jobs, pool: str, operator: OperatorProcess) -> None:
