@@ -185,13 +185,14 @@ class Controller:
                 else:
                     self.cache.put_own_write(answer)
             else:
-                # Gone already: the job label files it under its job (without it only the GPU count forgot it).
-                gone = {
-                    "name": deletion.name,
-                    "namespace": job.namespace,
-                    "labels": {names.JOB_LABEL: job.name},
-                }
-                self.cache.put_pod("DELETED", {"metadata": gone})
+                self._forget_pod(job.namespace, job.name, deletion.name)
+        for name in decision.verify_pods:
+            current = await self.kube.get("Pod", job.namespace, name)
+            if current is None:
+                log.info("%s: pod %s was gone without a watch event; forgotten", key, name)
+                self._forget_pod(job.namespace, job.name, name)
+            else:
+                self.cache.put_own_write(current)
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
@@ -208,6 +209,12 @@ class Controller:
         self.queue.add(key, after=self.settings.resync_seconds)
         self._phases[key] = status.phase
         self._count_phases()
+
+    def _forget_pod(self, namespace: str, job: str, name: str) -> None:
+        """A pod known to be gone: the job label files it under its job (without it only the GPU count
+        would forget it)."""
+        gone = {"name": name, "namespace": namespace, "labels": {names.JOB_LABEL: job}}
+        self.cache.put_pod("DELETED", {"metadata": gone})
 
     def _count_phases(self) -> None:
         counts = Counter(self._phases.values())

@@ -39,6 +39,9 @@ from maas_operator.world import WorkerPod
 
 STALE_POD_POLL_SECONDS = 2.0
 """Requeue while stale pods terminate (their delete events also wake the job)."""
+OVERDUE_DELETION_SECONDS = 10.0
+"""A pod still terminating this long after its grace period is looked up once more: its DELETED event may
+have been missed (a restarted operator deletes before kopf's watch begins), and the job waits for it."""
 
 UNSCHEDULABLE = "Unschedulable"
 """Reason of Planned=False when no placement fits now (the job waits for nodes or freed GPUs)."""
@@ -104,6 +107,8 @@ class Decision:
     apply: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodDeletion] = field(default_factory=list)
     delete_configmaps: list[str] = field(default_factory=list)
+    verify_pods: list[str] = field(default_factory=list)
+    """Terminating pods overdue to be gone: the adapter reads them again (and forgets those that are gone)."""
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
@@ -447,6 +452,10 @@ def _children(step: _Step, spec: MaaSJobSpec, plan: Plan) -> None:
         if stale:
             step.delete_pods(stale)
             waiting_for_stale = True
+            overdue = step.now - timedelta(seconds=OVERDUE_DELETION_SECONDS)
+            step.decision.verify_pods += [
+                p.name for p in stale if p.deletion_deadline is not None and p.deletion_deadline < overdue
+            ]
             continue
         current += present
         missing = [m for m in desired if m["metadata"]["name"] not in by_name]
