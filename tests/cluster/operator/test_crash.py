@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 from kubernetes import client as k8s
-from maas_devcluster.simulation import NODE_READY_ANNOTATION
+from maas_devcluster.simulation import NODE_READY_ANNOTATION, exit_annotations
 from maas_devcluster.testing import wait_until
 
 from tests.cluster.operator.gangs import (
     Pod,
     PodWatch,
+    describe,
     gangs_never_half_released,
     gated,
     name_of,
@@ -140,6 +141,57 @@ def test_sigkill_while_replacing_a_gang_counts_the_disruption_once(
     assert status["disruptions"] == 1 and status.get("restarts", 0) == 0
     everything = json.loads(jobs.kubectl("get", "pods", "-o", "json").stdout)["items"]
     assert sorted(map(name_of, everything)) == sorted(expected), "no orphan pod"
+
+
+def test_sigkill_while_restarting_a_failed_gang_goes_on_after_the_restart(
+    jobs: Jobs, pool: str, operator: OperatorProcess, core_v1: k8s.CoreV1Api
+) -> None:
+    """A retryable failure replaces the gang with graceful deletes; killed at the first one, the successor
+    finishes the replacement and counts the failure once."""
+    name = "flaky"
+    expected = worker_names(name, 2, 3)
+    fate = exit_annotations(75, after_seconds=2)  # 75: retryable (EX_TEMPFAIL)
+    jobs.apply(
+        train_job(
+            name,
+            pool,
+            parallelism={"replicas": 2},
+            template={"annotations": fate},
+            failurePolicy={"maxRestarts": 20},
+        )
+    )
+    armed, killed = threading.Event(), threading.Event()
+
+    def kill_at_the_first_deletion(pods: list[Pod]) -> None:
+        if not armed.is_set() and len(pods) == len(expected):
+            armed.set()
+        gone = len(pods) < len(expected) or any(p["metadata"].get("deletionTimestamp") for p in pods)
+        if armed.is_set() and not killed.is_set() and gone:
+            operator.kill()
+            killed.set()
+
+    with PodWatch(core_v1, jobs.namespace, kill_at_the_first_deletion):
+        wait_until("the kill at the first deletion of the failed gang", killed.is_set, timeout=60)
+        restarts_at_kill = jobs.status(name).get("restarts", 0)
+        operator.start()
+
+        def next_attempt_runs() -> bool:
+            pods = jobs.pods(name)
+            attempts = {p["metadata"]["labels"]["maas.dev/attempt"] for p in pods}
+            return (
+                len(pods) == len(expected)
+                and len(attempts) == 1
+                and int(attempts.pop()) > restarts_at_kill - 1
+                and all(p["status"].get("phase") == "Running" and not gated(p) for p in pods)
+            )
+
+        try:
+            jobs.wait(f"{name}: the next attempt running", next_attempt_runs, timeout=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{describe(jobs, name)}") from None
+    status = jobs.status(name)
+    assert status["restarts"] == status["attempts"]["all"], "each failure counted once"
+    print(f"\nkill while restarting: restarts {restarts_at_kill} at the kill, {status['restarts']} now")
 
 
 def test_an_operator_restart_changes_nothing(jobs: Jobs, pool: str, operator: OperatorProcess) -> None:
