@@ -14,13 +14,13 @@ from typing import Any
 
 from maas_api.job import ManifestError, parse_maasjob
 from maas_api.plan import Plan
-from maas_api.status import MaaSJobStatus
+from maas_api.status import ConditionType, MaaSJobStatus
 from pydantic import ValidationError
 
 from maas_operator import names
 from maas_operator.children import JobRef
 from maas_operator.planner import Node
-from maas_operator.reconcile import Observed
+from maas_operator.reconcile import UNSCHEDULABLE, Observed
 from maas_operator.world import GpuHolder, gpu_holder, planner_node, used_gpus, worker_pod
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,21 @@ class WorldCache:
         self.replica_configmaps.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
 
-    def gpus_held(self) -> int:
-        """GPUs held by every pod the cache knows (a drop means some were freed)."""
-        return sum(holder.gpus for holder in self.holders.values())
-
     def active_job_keys(self) -> list[str]:
         return sorted(self.jobs)
+
+    def unschedulable_job_keys(self) -> list[str]:
+        """Jobs waiting for room (Planned=False, Unschedulable): freed GPUs may let them run."""
+        return sorted(
+            key
+            for key, body in self.jobs.items()
+            if any(
+                condition.get("type") == ConditionType.PLANNED
+                and condition.get("status") == "False"
+                and condition.get("reason") == UNSCHEDULABLE
+                for condition in (body.get("status") or {}).get("conditions") or []
+            )
+        )
 
     # -- the picture of one job ---------------------------------------------------------------------------
 

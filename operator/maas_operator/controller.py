@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from maas_api.job import GROUP, KIND, PLURAL, VERSION
 
 from maas_operator import metrics, names
-from maas_operator.cache import WorldCache
+from maas_operator.cache import WorldCache, object_key
 from maas_operator.children import JobRef, Manifest
 from maas_operator.kube import Kube, api_message
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
@@ -62,8 +62,6 @@ class Controller:
         self.placement_lock = asyncio.Lock()
         self._errors: Counter[str] = Counter()
         self._phases: dict[str, str] = {}
-        self._unschedulable: set[str] = set()
-        """Jobs whose last decision found no room (woken when GPUs are freed)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     async def prime(self) -> None:
@@ -103,19 +101,19 @@ class Controller:
             self.cache.forget_job(key)
             self.queue.forget(key)
             self._phases.pop(key, None)
-            self._unschedulable.discard(key)
             self._count_phases()
         else:
             self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
-        held_before = self.cache.gpus_held()
+        pod_key = object_key(body)
+        held_gpus = pod_key in self.cache.holders
         job_key = self.cache.put_pod(event_type, body)
         if job_key is not None and job_key in self.cache.jobs:
             self.queue.add(job_key)
-        if self.cache.gpus_held() < held_before:
-            # GPUs were freed: the jobs waiting for room may fit now.
-            for key in self._unschedulable:
+        if held_gpus and pod_key not in self.cache.holders:
+            # GPUs freed (the pod finished or is gone): a job waiting for room may fit now.
+            for key in self.cache.unschedulable_job_keys():
                 self.queue.add(key)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -220,20 +218,24 @@ class Controller:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
             )
-            if (
-                answer is not None
-                and answer.get("kind") == "Pod"
-                and (answer.get("metadata") or {}).get("deletionTimestamp")
-            ):
-                self.cache.put_own_write(answer)
+            metadata = (answer or {}).get("metadata") or {}
+            if answer is not None and answer.get("kind") == "Pod" and metadata.get("deletionTimestamp"):
+                if deletion.force and not metadata.get("finalizers"):
+                    # Grace period 0 and no finalizer: the API server removed it at once (the answer is its
+                    # last state). Kept as terminating, it would wait for a DELETED event that can be missed:
+                    # a restarted operator deletes before kopf's watch begins.
+                    self.cache.put_pod("DELETED", answer)
+                else:
+                    self.cache.put_own_write(answer)
             else:
-                # Gone already: the job label files it under its job (without it only the GPU count forgot it).
-                gone = {
-                    "name": deletion.name,
-                    "namespace": job.namespace,
-                    "labels": {names.JOB_LABEL: job.name},
-                }
-                self.cache.put_pod("DELETED", {"metadata": gone})
+                self._forget_pod(job.namespace, job.name, deletion.name)
+        for name in decision.verify_pods:
+            current = await self.kube.get("Pod", job.namespace, name)
+            if current is None:
+                log.info("%s: pod %s was gone without a watch event; forgotten", key, name)
+                self._forget_pod(job.namespace, job.name, name)
+            else:
+                self.cache.put_own_write(current)
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
@@ -246,11 +248,6 @@ class Controller:
             self.queue.add(key, after=max(0.05, decision.requeue_after))
         self.queue.add(key, after=self.settings.resync_seconds)
         self._phases[key] = status.phase
-        planned = next((c for c in status.conditions if c.type == "Planned"), None)
-        if planned is not None and planned.reason == "Unschedulable":
-            self._unschedulable.add(key)
-        else:
-            self._unschedulable.discard(key)
         self._count_phases()
 
     async def _post_event(self, key: str, job: JobRef, event: Event) -> None:
@@ -258,6 +255,12 @@ class Controller:
             await self.kube.post_event(job, event)
         except ApiException as error:
             log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
+
+    def _forget_pod(self, namespace: str, job: str, name: str) -> None:
+        """A pod known to be gone: the job label files it under its job (without it only the GPU count
+        would forget it)."""
+        gone = {"name": name, "namespace": namespace, "labels": {names.JOB_LABEL: job}}
+        self.cache.put_pod("DELETED", {"metadata": gone})
 
     def _count_phases(self) -> None:
         counts = Counter(self._phases.values())

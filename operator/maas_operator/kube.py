@@ -115,6 +115,16 @@ class Kube:
         result: dict[str, Any] = await self._call("PATCH", path, body, query, APPLY, KIND + "/status")
         return result
 
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object as the API server has it now, None when it is gone."""
+        try:
+            result: dict[str, Any] = await self._call("GET", self._path(kind, namespace, name), kind=kind)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
     async def delete(
         self, kind: str, namespace: str, name: str, grace_seconds: int | None = None, uid: str | None = None
     ) -> dict[str, Any] | None:

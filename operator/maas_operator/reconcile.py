@@ -40,6 +40,12 @@ from maas_operator.world import WorkerPod
 
 STALE_POD_POLL_SECONDS = 2.0
 """Requeue while stale pods terminate (their delete events also wake the job)."""
+OVERDUE_DELETION_SECONDS = 10.0
+"""A pod still terminating this long after its grace period is looked up once more: its DELETED event may
+have been missed (a restarted operator deletes before kopf's watch begins), and the job waits for it."""
+
+UNSCHEDULABLE = "Unschedulable"
+"""Reason of Planned=False when no placement fits now (the job waits for nodes or freed GPUs)."""
 
 # Spec fields that do not change the plan: editing them restarts pods (their hash changes) but keeps placement.
 NOT_PLAN_INPUTS = frozenset({"run_policy", "failure_policy", "image", "env", "template"})
@@ -102,6 +108,8 @@ class Decision:
     apply: list[Manifest] = field(default_factory=list)
     delete_pods: list[PodDeletion] = field(default_factory=list)
     delete_configmaps: list[str] = field(default_factory=list)
+    verify_pods: list[str] = field(default_factory=list)
+    """Terminating pods overdue to be gone: the adapter reads them again (and forgets those that are gone)."""
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
@@ -136,9 +144,10 @@ class _Step:
 
     def condition(
         self, type_: ConditionType, value: bool, reason: str, message: str, quiet: bool = False
-    ) -> None:
+    ) -> bool:
         """Sets a condition; a transition becomes an event when it is news: a condition turning True, or any
-        change of Planned, Suspended and Failed (Ready and Restarting turning False say nothing new)."""
+        change of Planned, Suspended and Failed (Ready and Restarting turning False say nothing new).
+        Returns whether the condition changed status or reason."""
         transition = set_condition(
             self.status, type_, value, reason, message, self.now, self.observed.generation
         )
@@ -146,6 +155,7 @@ class _Step:
         if transition is not None and news and not quiet:
             kind = "Warning" if transition.warning else "Normal"
             self.decision.events.append(Event(kind, reason, message or f"{type_} is {transition.status}"))
+        return transition is not None
 
     def event(self, kind: str, reason: str, message: str) -> None:
         self.decision.events.append(Event(kind, reason, message))
@@ -180,7 +190,8 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Decision:
     step = _Step(observed, settings)
     spec = observed.spec
     if spec is None:
-        step.condition(ConditionType.PLANNED, False, "InvalidSpec", observed.spec_error)
+        # Quiet: the Failed condition tells the same story in one event.
+        step.condition(ConditionType.PLANNED, False, "InvalidSpec", observed.spec_error, quiet=True)
         return _fail(step, None, "InvalidSpec", observed.spec_error)
     if _finished(step.status, observed.generation):
         return _after_finish(step, spec)
@@ -388,16 +399,20 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
             namespace=observed.job.namespace,
         )
     except Unschedulable as error:
-        keep = old is not None and problem == "SpecChanged" and not step.lost_nodes
-        # The Planned transition is the one event (re-planning on every look would repeat it).
-        prefix = "the changed spec does not fit now; the running plan stays: " if keep else ""
-        step.condition(ConditionType.PLANNED, False, "Unschedulable", f"{prefix}{error}")
-        if keep:
-            # The running gang is whole and healthy: keep it until the new shape fits.
+        refused_now = step.condition(ConditionType.PLANNED, False, UNSCHEDULABLE, str(error))
+        if old is not None and problem == "SpecChanged" and not step.lost_nodes:
+            # The running gang is whole and healthy: keep it until the new shape fits (said once, not at
+            # every reconcile while it does not fit).
+            if refused_now:
+                step.event(
+                    "Warning",
+                    "ReplanUnschedulable",
+                    f"the changed spec does not fit now, keeping the running plan: {error}",
+                )
             return old
         return None
     except PlanError as error:
-        step.condition(ConditionType.PLANNED, False, "InvalidSpec", str(error))
+        step.condition(ConditionType.PLANNED, False, "InvalidSpec", str(error), quiet=True)
         _fail(step, spec, "InvalidSpec", str(error))
         return None
     step.decision.planned = True
@@ -439,6 +454,10 @@ def _children(step: _Step, spec: MaaSJobSpec, plan: Plan) -> None:
         if stale:
             step.delete_pods(stale)
             waiting_for_stale = True
+            overdue = step.now - timedelta(seconds=OVERDUE_DELETION_SECONDS)
+            step.decision.verify_pods += [
+                p.name for p in stale if p.deletion_deadline is not None and p.deletion_deadline < overdue
+            ]
             continue
         current += present
         missing = [m for m in desired if m["metadata"]["name"] not in by_name]

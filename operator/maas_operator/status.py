@@ -81,6 +81,8 @@ def set_condition(
             observed_generation=generation,
         )
     )
+    # A first condition is a transition too (a new job found Unschedulable is news); the caller keeps the
+    # placeholders that every condition starts with quiet.
     return Transition(type_, wanted, reason, message)
 
 

@@ -101,6 +101,8 @@ class WorkerPod:
     reason: str
     """Pod status reason or the container's termination reason, for messages."""
     created: datetime | None
+    deletion_deadline: datetime | None = None
+    """When a terminating pod's grace period ends (its deletionTimestamp); it should be gone soon after."""
 
     @property
     def finished(self) -> bool:
@@ -155,6 +157,7 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
         disrupted=reason in DISRUPTION_REASONS or (disruption_condition and phase == "Failed"),
         reason=reason or termination_reason,
         created=parse_time(metadata.get("creationTimestamp")),
+        deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
     )
 
 

@@ -53,7 +53,9 @@ def maasjob_crd(cluster: LocalCluster) -> dict[str, Any]:
     and another module's teardown may still be deleting it when this one starts (hence the wait)."""
     crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
     name = f"crd/{crd['metadata']['name']}"
-    cluster.kubectl("wait", "--for=delete", "--timeout=60s", name, check=False)
+    found = cluster.kubectl("get", name, "-o", "json", check=False)
+    if found.returncode == 0 and json.loads(found.stdout)["metadata"].get("deletionTimestamp"):
+        cluster.kubectl("wait", "--for=delete", "--timeout=60s", name, check=False, timeout=90)
     cluster.kubectl("apply", "--server-side", "-f", CRD_PATH)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
     return crd

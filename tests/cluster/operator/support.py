@@ -197,7 +197,9 @@ def pool_node_manifests(pool: str, count: int, gpus_per_node: int = 8) -> list[d
 def wait_nodes_ready(cluster: LocalCluster, names: list[str], timeout: float = 30.0) -> None:
     def ready() -> bool:
         result = cluster.kubectl("get", "nodes", *names, "-o", "json")
-        nodes = json.loads(result.stdout)["items"]
+        answer = json.loads(result.stdout)
+        # kubectl answers one name with the object itself, several with a List.
+        nodes = answer.get("items", [answer])
         return len(nodes) == len(names) and all(
             any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
             for node in nodes
