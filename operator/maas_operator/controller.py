@@ -37,20 +37,24 @@ PriorityClass, a quota, an invalid template field): posted on the job as a Faile
 def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     """A decision's applies, in order, cut into waves whose objects may be applied concurrently.
 
-    A wave is a run of one kind with distinct names, so the order that matters is kept: the Service and the
-    plans exist before any pod, and every gated pod of a gang exists before any gate is lifted (the lift
-    applies the same pod again, which starts the next wave).
+    A wave is a run of one kind, with distinct names and, for pods, one gate state, so the order that matters
+    is kept: the Service and the plans exist before any pod, and every gated pod of a gang exists before any
+    gate is lifted (lifting the gate of a pod made earlier must not race the creation of its missing peers).
     """
     waves: list[list[Manifest]] = []
     in_wave: set[str] = set()
     for manifest in manifests:
         name = manifest["metadata"]["name"]
-        if not waves or manifest["kind"] != waves[-1][0]["kind"] or name in in_wave:
+        if not waves or _wave_kind(manifest) != _wave_kind(waves[-1][0]) or name in in_wave:
             waves.append([])
             in_wave = set()
         waves[-1].append(manifest)
         in_wave.add(name)
     return waves
+
+
+def _wave_kind(manifest: Manifest) -> tuple[str, bool]:
+    return manifest["kind"], bool((manifest.get("spec") or {}).get("schedulingGates"))
 
 
 class Controller:

@@ -73,3 +73,18 @@ def test_a_new_gang_is_created_in_one_wave_and_ungated_in_the_next() -> None:
     # Everything the pods need comes in earlier waves.
     assert waves.index(created) > 0
     assert all(wave[0]["kind"] != "Pod" for wave in waves[: waves.index(created)])
+
+
+def test_gates_of_pods_made_before_a_crash_are_lifted_only_after_their_missing_peers_exist() -> None:
+    """After a restart, some gated pods exist and the rest are missing: the missing ones are created first,
+    and no gate (not even of a pod that already existed) is lifted in the same wave (a SIGKILL trial caught
+    this: 4 old pods were released while only 10 of 16 existed)."""
+    applies = first_decision_applies()
+    pods = [m for m in applies if m["kind"] == "Pod"]
+    gated, ungated = pods[:8], pods[8:]
+    # The decision after a crash: pods 0-3 exist; 4-7 are created; then all 8 gates are lifted.
+    resumed = [*gated[4:], *ungated]
+    waves = apply_waves(resumed)
+    assert [len(wave) for wave in waves] == [4, 8]
+    assert all(pod["spec"].get("schedulingGates") for pod in waves[0])
+    assert not any(pod["spec"].get("schedulingGates") for pod in waves[1])
