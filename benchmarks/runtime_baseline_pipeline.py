@@ -5,7 +5,8 @@ contiguous even split), one PipelineStage per pipeline rank, the named schedule 
 it shards each layer over the replicas with FSDP2 (`fully_shard`, as the runtime does), and with
 `--checkpoint-every N` it saves model and optimizer state with torch.distributed.checkpoint every N steps.
 Prints one JSON line on rank 0: {"stepSeconds": [...], "ended": [...], "cpuTime": [...]} (per step, warm-up
-included; `ended` is time.time() and `cpuTime` the process's CPU time at the end of each step).
+included; `ended` is time.time(), `cpuTime` the process's CPU time and `runqueueSeconds` its time waiting
+for a CPU, at the end of each step). One stage (`--stages 1`) runs the whole model in one process.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Layer(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         return F.relu(y) if self.relu else y
+
+
+def runqueue_seconds() -> float:
+    """Time this process has spent runnable but waiting for a CPU (Linux schedstat): the machine's load."""
+    return int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
 
 
 def main() -> None:
@@ -71,16 +77,12 @@ def main() -> None:
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width)
 
-    times, ended, cpu_times = [], [], []
+    times, ended, cpu_times, waits = [], [], [], []
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
         optimizer.zero_grad()
-        if rank == 0:
-            schedule.step(x)
-        elif rank == size - 1:
-            schedule.step(target=y, losses=[])
-        else:
-            schedule.step()
+        last = {"target": y, "losses": []} if rank == size - 1 else {}
+        schedule.step(*([x] if rank == 0 else []), **last)
         optimizer.step()
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             assert args.checkpoint_dir is not None
@@ -93,8 +95,10 @@ def main() -> None:
         times.append(time.perf_counter() - started)
         ended.append(time.time())
         cpu_times.append(time.process_time())
+        waits.append(runqueue_seconds())
     if dist.get_rank() == 0:
-        print(json.dumps({"stepSeconds": times, "ended": ended, "cpuTime": cpu_times}), flush=True)
+        report = {"stepSeconds": times, "ended": ended, "cpuTime": cpu_times, "runqueueSeconds": waits}
+        print(json.dumps(report), flush=True)
     dist.destroy_process_group()
 
 
