@@ -27,10 +27,37 @@ from maas_api.spec import (
 PLAN_FORMAT_VERSION = 1
 
 
-def bubble_fraction(pipeline_degree: int, microbatches: int, stages_per_worker: int = 1) -> float:
-    """Idle share of a pipeline step: (p-1)/(m+p-1), and (p-1)/(v*m+p-1) with v interleaved stages per worker."""
+MICROBATCH_FIXED_COST_SAMPLES = 1.0
+"""What one microbatch costs every pipeline stage beyond its compute (the p2p messages of its activations
+and gradients, the schedule's actions), in samples' worth of that stage's compute. Measured with
+benchmarks/runtime_bubble.py (CPU/gloo, MLP 8 x 1024, microbatches of 64) where the stages never compute at
+the same time (one microbatch): 0.4 ms, about 1.4 samples, for a hand-written torch.distributed.pipelining
+schedule, and none measurable for maas_runtime. With more microbatches that machine measured far larger
+bubbles (0.33-0.64 at 4 where the formula says 0.20), for the runtime and the hand-written schedule alike,
+because its two stage processes then share two busy vCPUs (the hand-written one waited 10-70 ms per step
+for a CPU): a cost of that machine, not of the pipeline, so the model leaves it out."""
+
+
+def bubble_fraction(
+    pipeline_degree: int,
+    microbatches: int,
+    stages_per_worker: int = 1,
+    microbatch_samples: float | None = None,
+) -> float:
+    """Share of a pipeline step that is not useful compute.
+
+    Without `microbatch_samples`: the schedule's idle share, (p-1)/(v*m+p-1) with v interleaved stages per
+    worker. With it (b samples per microbatch), each microbatch also costs every stage a fixed
+    MICROBATCH_FIXED_COST_SAMPLES = k samples' worth of compute (p2p messages, schedule actions): a step
+    takes (v*m+p-1) * (b/v + k) of which m*b is compute, so the bubble is 1 - v*m*b / ((v*m+p-1) * (b+v*k)).
+    A single stage (p = 1) has neither.
+    """
     idle = pipeline_degree - 1
-    return idle / (stages_per_worker * microbatches + idle)
+    slots = stages_per_worker * microbatches + idle
+    if microbatch_samples is None or idle == 0:
+        return idle / slots
+    compute = stages_per_worker * microbatches * microbatch_samples
+    return 1 - compute / (slots * (microbatch_samples + stages_per_worker * MICROBATCH_FIXED_COST_SAMPLES))
 
 
 class ModelProfile(ApiModel):
@@ -141,7 +168,8 @@ class Plan(ApiModel):
     bottleneck: float = Field(ge=0)
     """Cost of the most expensive stage."""
     estimated_bubble: float = Field(ge=0, le=1)
-    """Pipeline bubble fraction (p-1)/(v*m+p-1), v = stagesPerWorker (1 unless Interleaved1F1B)."""
+    """Share of a step that is not compute: the schedule's idle share (p-1)/(v*m+p-1), v = stagesPerWorker,
+    plus each microbatch's fixed cost (`bubble_fraction` with the microbatch size)."""
     notes: list[str] = Field(default_factory=list)
     """Why the planner chose what it chose (auto stages, microbatches, placement)."""
     data: DataSpec = Field(default_factory=DataSpec)

@@ -74,9 +74,11 @@ class SyntheticSamples:
     def __init__(self, seed: int, size: int, input_spec: InputSpec, target: TargetSpec) -> None:
         self.seed, self.size, self.input_spec, self.target = seed, size, input_spec, target
         sample_bytes = _numel(input_spec.shape) * input_spec.dtype.itemsize + _numel(target.shape) * 8
-        self._cache: dict[tuple[int, int], torch.Tensor] | None = (
-            {} if size * sample_bytes <= SYNTHETIC_CACHE_BYTES else None
-        )
+        self._cached = size * sample_bytes <= SYNTHETIC_CACHE_BYTES
+        # Per stream (0 inputs, 1 targets): all samples in one tensor, filled as they are first read, so a
+        # step's batch is one indexing op instead of a Python loop over its samples. Untouched rows of the
+        # (uninitialised) tensor are never written, so memory grows only with the samples this process reads.
+        self._stores: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _generator(self, index: int, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed(_seed(self.seed, index, stream))
@@ -105,18 +107,30 @@ class SyntheticSamples:
         return torch.randn(self.target.shape, generator=self._generator(index, 1))
 
     def _sample(self, index: int, stream: int) -> torch.Tensor:
-        if self._cache is None:
-            return self._input(index) if stream == 0 else self._target(index)
-        key = (index, stream)
-        if key not in self._cache:
-            self._cache[key] = self._input(index) if stream == 0 else self._target(index)
-        return self._cache[key]
+        return self._input(index) if stream == 0 else self._target(index)
+
+    def _gather(self, indices: torch.Tensor, stream: int) -> torch.Tensor:
+        if not self._cached:
+            return torch.stack([self._sample(i, stream) for i in indices.tolist()])
+        if stream not in self._stores:
+            first = self._sample(0, stream)
+            store = torch.empty((self.size, *first.shape), dtype=first.dtype)
+            store[0] = first
+            filled = torch.zeros(self.size, dtype=torch.bool)
+            filled[0] = True
+            self._stores[stream] = store, filled
+        store, filled = self._stores[stream]
+        missing = indices[~filled[indices]].unique()
+        for index in missing.tolist():
+            store[index] = self._sample(index, stream)
+        filled[missing] = True
+        return store[indices]
 
     def inputs(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._sample(int(i), 0) for i in indices.tolist()])
+        return self._gather(indices, 0)
 
     def targets(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._sample(int(i), 1) for i in indices.tolist()])
+        return self._gather(indices, 1)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

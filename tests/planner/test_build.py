@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from maas_api import ManifestError
-from maas_api.plan import Plan
+from maas_api.plan import MICROBATCH_FIXED_COST_SAMPLES, Plan
 from maas_api.spec import UnitProfile
 from maas_operator.planner import PlanError, Unschedulable, build_plan
 
@@ -22,7 +22,9 @@ def test_plan_without_nodes_fills_every_field() -> None:
     assert [s.units for s in plan.stages] == [["layer_0"], ["layer_1"], ["layer_2"]]
     assert plan.pipeline_degree == 3 and plan.replicas == 2 and plan.microbatches == 4
     assert plan.stages_per_worker == 1 and plan.gpus_per_worker == 1
-    assert plan.bottleneck == 2400 and plan.estimated_bubble == pytest.approx(2 / 6)
+    # p=3, m=4 microbatches of 32/4 = 8 samples, each with a fixed cost of MICROBATCH_FIXED_COST_SAMPLES
+    assert plan.bottleneck == 2400
+    assert plan.estimated_bubble == pytest.approx(1 - 4 * 8 / (6 * (8 + MICROBATCH_FIXED_COST_SAMPLES)))
     assert [(w.name, w.index, w.replica, w.pipeline_rank, w.stages, w.node) for w in plan.workers] == [
         (f"large-model-r{r}-s{s}", 3 * r + s, r, s, [s], None) for r in range(2) for s in range(3)
     ]

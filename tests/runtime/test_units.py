@@ -52,6 +52,21 @@ def test_synthetic_language_model_targets_are_the_next_tokens() -> None:
     assert torch.equal(samples.inputs(torch.tensor([7])), inputs[1:])  # sample 7 is always the same
 
 
+def test_synthetic_samples_are_the_same_whether_kept_in_memory_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup = prepare_model(local_plan("mlp", TINY_MLP))
+    target = data.target_spec(Loss.MSE, setup.input_spec, setup.output_shape)
+    kept = data.SyntheticSamples(3, 50, setup.input_spec, target)
+    monkeypatch.setattr(data, "SYNTHETIC_CACHE_BYTES", 0)
+    generated = data.SyntheticSamples(3, 50, setup.input_spec, target)
+    # Repeated and unread indices, read twice: the kept set serves the second read from memory.
+    for indices in (torch.tensor([4, 0, 4, 49]), torch.tensor([49, 4, 17])):
+        assert torch.equal(kept.inputs(indices), generated.inputs(indices))
+        assert torch.equal(kept.targets(indices), generated.targets(indices))
+    assert kept.inputs(torch.tensor([4, 0])).shape == (2, *setup.input_spec.shape)
+
+
 # --- model and stages -------------------------------------------------------------------------------
 
 

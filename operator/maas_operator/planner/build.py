@@ -216,7 +216,9 @@ def build_plan(
         microbatches=microbatches,
         workers=workers,
         bottleneck=split.bottleneck,
-        estimated_bubble=bubble_fraction(pipeline_degree, microbatches, stages_per_worker),
+        estimated_bubble=bubble_fraction(
+            pipeline_degree, microbatches, stages_per_worker, microbatch_pool(spec) / microbatches
+        ),
         notes=notes,
         data=spec.data,
         training=(spec.training or TrainingSpec()) if spec.mode == Mode.TRAIN else None,

@@ -37,7 +37,9 @@ def choose_microbatches(
     batch_field: str = "spec.training.batchSize",
 ) -> tuple[int, str]:
     """The smallest m dividing the batch with bubble <= TARGET_BUBBLE (m >= stages for 1F1B schedules),
-    else the candidate with the smallest bubble; returns m and a note that says why."""
+    else the candidate with the smallest bubble; returns m and a note that says why. The bubble counts each
+    microbatch's fixed cost (maas_api.plan.bubble_fraction with the microbatch size), so past some point more,
+    smaller microbatches raise it again."""
     needs_one_per_stage = schedule != PipelineSchedule.GPIPE
     if needs_one_per_stage and model_stages > MAX_MICROBATCHES:
         raise PlanError(
@@ -63,8 +65,8 @@ def choose_microbatches(
     if pipeline_degree == 1:
         fewest = candidates[0]  # candidates are ascending; with no bubble to hide, fewer is faster
         return fewest, f"microbatches {fewest}: a single-stage pipeline has no bubble"
-    for m in candidates:
-        bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
+    bubbles = {m: bubble_fraction(pipeline_degree, m, stages_per_worker, batch / m) for m in candidates}
+    for m, bubble in bubbles.items():
         if bubble <= TARGET_BUBBLE:
             why = (
                 f"the smallest divisor of the batch ({batch}) with bubble {bubble:.0%} <= {TARGET_BUBBLE:.0%}"
@@ -72,8 +74,8 @@ def choose_microbatches(
             if needs_one_per_stage:
                 why += f" and at least one microbatch per stage ({model_stages}) as {schedule.value} needs"
             return m, f"microbatches {m}: {why}"
-    m = candidates[-1]
-    bubble = bubble_fraction(pipeline_degree, m, stages_per_worker)
+    m = min(candidates, key=lambda m: bubbles[m])  # the first of equals: the fewest microbatches
+    bubble = bubbles[m]
     searched = f" up to {MAX_MICROBATCHES}" if batch > MAX_MICROBATCHES else ""
     return m, (
         f"microbatches {m}: no divisor of the batch ({batch}){searched} brings the bubble to"
