@@ -120,8 +120,8 @@ class SyntheticSamples:
             filled[0] = True
             self._stores[stream] = store, filled
         store, filled = self._stores[stream]
-        missing = indices[~filled[indices]].unique()
-        for index in missing.tolist():
+        missing = sorted(set(indices[~filled[indices]].tolist()))
+        for index in missing:
             store[index] = self._sample(index, stream)
         filled[missing] = True
         return store[indices]
