@@ -92,7 +92,8 @@ def test_runtime_runs_the_batch_the_planner_estimated(tmp_path: Path) -> None:
         model=TINY_MLP.to_wire(),
         resources={"gpus": 2},
         split={"stages": 2},
-        parallelism={"schedule": "GPipe"},
+        # Set, not chosen: the planner's choice follows its bubble model, and this test is about the batch.
+        parallelism={"schedule": "GPipe", "microbatches": 4},
         training={"steps": 3, "batchSize": 8, "optimizer": "SGD", "learningRate": 0.05},
     )
     plan = build_plan(manifest)
