@@ -67,6 +67,17 @@ def _replica_bound(name: str, low: str, high: str, field: str) -> SpecRule:
     )
 
 
+def _only_in_mode(section: str, mode: str) -> SpecRule:
+    """`spec.<section>` is read in one mode only: refuse it in the other rather than ignore it silently."""
+    return SpecRule(
+        name=f"{section}-only-for-{mode.lower()}",
+        field_path=section,
+        cel=f"self.mode == '{mode}' || !has(self.{section})",
+        message=f"{section} is only used in mode {mode}: remove it or set mode {mode}",
+        holds=lambda s: s.mode == mode or getattr(s, section) is None,
+    )
+
+
 SPEC_RULES: tuple[SpecRule, ...] = (
     SpecRule(
         name="catalog-xor-factory",
@@ -227,27 +238,9 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         message="mode Serve needs serving (at least `serving: {}` for the defaults)",
         holds=lambda s: s.mode != "Serve" or s.serving is not None,
     ),
-    SpecRule(
-        name="serving-only-for-serve",
-        field_path="serving",
-        cel="self.mode == 'Serve' || !has(self.serving)",
-        message="serving is only used in mode Serve: remove it or set mode Serve",
-        holds=lambda s: s.mode == "Serve" or s.serving is None,
-    ),
-    SpecRule(
-        name="training-only-for-train",
-        field_path="training",
-        cel="self.mode == 'Train' || !has(self.training)",
-        message="training is only used in mode Train: remove it or set mode Train",
-        holds=lambda s: s.mode == "Train" or s.training is None,
-    ),
-    SpecRule(
-        name="checkpoint-only-for-train",
-        field_path="checkpoint",
-        cel="self.mode == 'Train' || !has(self.checkpoint)",
-        message="checkpoint is only used in mode Train: remove it or set mode Train",
-        holds=lambda s: s.mode == "Train" or s.checkpoint is None,
-    ),
+    _only_in_mode("serving", "Serve"),
+    _only_in_mode("training", "Train"),
+    _only_in_mode("checkpoint", "Train"),
     SpecRule(
         name="data-one-source",
         field_path="data",
