@@ -14,6 +14,7 @@ from typing import Any
 
 from maas_api.job import ManifestError, parse_maasjob
 from maas_api.plan import Plan
+from maas_api.spec import MaaSJobSpec
 from maas_api.status import ConditionType, MaaSJobStatus
 from pydantic import ValidationError
 
@@ -76,6 +77,8 @@ class WorldCache:
         """job key -> its plan ConfigMap."""
         self.replica_configmaps: dict[str, set[str]] = {}
         """job key -> names of its per-replica plan ConfigMaps."""
+        self._specs: dict[str, tuple[tuple[str, int], MaaSJobSpec | None, str]] = {}
+        """job key -> ((uid, generation), parsed spec or None, why not), so a spec is validated once."""
         self._plans: dict[tuple[str, str], Plan | None] = {}
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
         self._deleted_pod_uids: dict[str, None] = {}
@@ -198,6 +201,7 @@ class WorldCache:
         self.jobs.pop(key, None)
         self.plan_configmaps.pop(key, None)
         self.replica_configmaps.pop(key, None)
+        self._specs.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
 
     def active_job_keys(self) -> list[str]:
@@ -235,6 +239,30 @@ class WorldCache:
                 self._plans[(key, version)] = None
         return self._plans[(key, version)], inputs
 
+    def _spec(self, key: str, generation: int, body: Body) -> tuple[MaaSJobSpec | None, str]:
+        """The job's spec, validated once per generation (the API server bumps it on every spec change), or
+        why it does not validate."""
+        # The uid too: a job deleted and made again under the same name starts at generation 1 again.
+        version = (str((body.get("metadata") or {}).get("uid", "")), generation)
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        namespace, name = key.split("/", 1)
+        spec, spec_error = None, ""
+        try:
+            spec = parse_maasjob(
+                {
+                    "apiVersion": body.get("apiVersion", "maas.dev/v1alpha1"),
+                    "kind": body.get("kind", "MaaSJob"),
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": body.get("spec") or {},
+                }
+            ).spec
+        except ManifestError as error:
+            spec_error = "; ".join(error.problems)
+        self._specs[key] = (version, spec, spec_error)
+        return spec, spec_error
+
     def observe(self, key: str, now: datetime) -> Observed | None:
         body = self.jobs.get(key)
         if body is None:
@@ -242,20 +270,8 @@ class WorldCache:
         metadata = body.get("metadata") or {}
         namespace, name = key.split("/", 1)
         job = JobRef(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
-        spec = None
-        spec_error = ""
-        try:
-            parsed = parse_maasjob(
-                {
-                    "apiVersion": body.get("apiVersion", "maas.dev/v1alpha1"),
-                    "kind": body.get("kind", "MaaSJob"),
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": body.get("spec") or {},
-                }
-            )
-            spec = parsed.spec
-        except ManifestError as error:
-            spec_error = "; ".join(error.problems)
+        generation = int(metadata.get("generation") or 1)
+        spec, spec_error = self._spec(key, generation, body)
         try:
             status = MaaSJobStatus.model_validate(body.get("status") or {})
         except ValidationError:
@@ -264,7 +280,7 @@ class WorldCache:
         plan, inputs = self._plan(key)
         return Observed(
             job=job,
-            generation=int(metadata.get("generation") or 1),
+            generation=generation,
             spec=spec,
             spec_error=spec_error,
             status=status,

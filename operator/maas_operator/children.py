@@ -34,6 +34,7 @@ from maas_operator.world import WORKER_CONTAINER
 
 Manifest = dict[str, Any]
 
+RENDEZVOUS_ID_ENV = "PET_RDZV_ID"
 PLAN_VOLUME = "plan"
 SHM_VOLUME = "dshm"
 DATA_VOLUME = "data"
@@ -174,9 +175,7 @@ def worker_service(job: JobRef, spec: MaaSJobSpec) -> Manifest:
     }
 
 
-def _env(
-    spec: MaaSJobSpec, job: JobRef, gang: Gang, worker: WorkerPlan, rendezvous_id: str
-) -> list[Manifest]:
+def _env(spec: MaaSJobSpec, job: JobRef, gang: Gang, worker: WorkerPlan) -> list[Manifest]:
     first = min(gang.workers, key=lambda w: w.pipeline_rank if gang.key != "all" else w.index)
     endpoint = f"{first.name}.{names.service_name(job.name)}.{job.namespace}.svc:{RENDEZVOUS_PORT}"
     index = worker.pipeline_rank if gang.key != "all" else worker.index
@@ -185,7 +184,7 @@ def _env(
         {"name": "PET_NPROC_PER_NODE", "value": str(processes_per_worker(worker.gpus))},
         {"name": "PET_RDZV_BACKEND", "value": "c10d"},
         {"name": "PET_RDZV_ENDPOINT", "value": endpoint},
-        {"name": "PET_RDZV_ID", "value": rendezvous_id},
+        {"name": RENDEZVOUS_ID_ENV, "value": ""},  # gang_pods fills in the gang's hash
         {"name": "PET_MAX_RESTARTS", "value": "0"},
         {"name": WORKER_INDEX_ENV, "value": str(index)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -264,7 +263,6 @@ def worker_pod(
     worker: WorkerPlan,
     attempt: int,
     settings: OperatorSettings,
-    rendezvous_id: str = "",
 ) -> Manifest:
     """One worker pod, pinned to its planned node, without the gang label and gate (see `gang_pods`)."""
     template = spec.template
@@ -273,7 +271,7 @@ def worker_pod(
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "maas_runtime.agent"],
-        "env": _env(spec, job, gang, worker, rendezvous_id),
+        "env": _env(spec, job, gang, worker),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
             {"name": "progress", "containerPort": DEFAULT_PROGRESS_PORT},
@@ -355,12 +353,15 @@ def gang_pods(
     job: JobRef, spec: MaaSJobSpec, gang: Gang, attempt: int, settings: OperatorSettings, gated: bool
 ) -> list[Manifest]:
     """The gang's pods with its hash label and rendezvous id; `gated` adds the scheduling gate."""
-    drafts = [worker_pod(job, spec, gang, worker, attempt, settings) for worker in gang.workers]
-    gang_hash = content_hash([drafts, plan_json(gang.plan)])
-    rendezvous_id = f"{job.name}-{gang_hash}"
-    pods = [worker_pod(job, spec, gang, worker, attempt, settings, rendezvous_id) for worker in gang.workers]
+    pods = [worker_pod(job, spec, gang, worker, attempt, settings) for worker in gang.workers]
+    # The hash of the pods as built (rendezvous id still empty) names the gang and its rendezvous.
+    gang_hash = content_hash([pods, plan_json(gang.plan)])
     for pod in pods:
         pod["metadata"]["labels"][names.GANG_LABEL] = gang_hash
+        for container in pod["spec"]["containers"]:
+            for variable in container.get("env", []):
+                if variable["name"] == RENDEZVOUS_ID_ENV:
+                    variable["value"] = f"{job.name}-{gang_hash}"
         if gated:
             pod["spec"]["schedulingGates"] = [{"name": names.GANG_GATE}]
     return pods

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from maas_api.job import GROUP
 
-from maas_operator.planner import worker_name
-
 FIELD_MANAGER = "maas-operator"
 """Server-side apply field manager of every child object and status write."""
 
@@ -51,6 +49,3 @@ def service_name(job: str) -> str:
 def selector(job: str) -> str:
     """Label selector of the job's worker pods (status.selector, for the scale subresource)."""
     return f"{JOB_LABEL}={job}"
-
-
-__all__ = ["worker_name"]

@@ -12,6 +12,7 @@ from kubernetes import client as k8s
 from kubernetes import watch
 from maas_devcluster.testing import LocalCluster
 from maas_operator import names
+from maas_operator.planner import worker_name
 
 from tests.cluster.operator.support import Jobs, pool_node_manifests, wait_nodes_ready
 
@@ -20,7 +21,7 @@ Pod = dict[str, Any]
 
 def worker_names(job: str, replicas: int, stages: int) -> list[str]:
     """Worker names of a job, replica by replica."""
-    return [names.worker_name(job, r, s) for r in range(replicas) for s in range(stages)]
+    return [worker_name(job, r, s) for r in range(replicas) for s in range(stages)]
 
 
 def name_of(pod: Pod) -> str:

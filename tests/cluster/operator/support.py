@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,12 @@ import yaml
 from maas_devcluster.testing import LocalCluster, wait_until
 from maas_devcluster.topology import ClusterDescription, NodePool, build_node_manifests
 
+from tests.runtime.support import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 TEST_POOL_LABEL = "test.maas.dev/pool"
 """Label of a test's own fake nodes; jobs that should land there select it."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess:
