@@ -60,6 +60,11 @@ def is_older(body: Body, cached: Body | None) -> bool:
     return new.isdigit() and old.isdigit() and int(new) < int(old)
 
 
+def _same_pod(uid: str | None, cached_uid: str | None) -> bool:
+    """Whether an event about `uid` concerns the cached pod (without both UIDs, assume it does)."""
+    return not uid or not cached_uid or uid == cached_uid
+
+
 def _node_summary(node: Node) -> tuple[object, ...]:
     """What placement reads of a node: heartbeats that change none of it wake no job."""
     return (node.gpus, node.ready, node.unschedulable, tuple(sorted(node.labels.items())), node.taints)
@@ -118,17 +123,19 @@ class WorldCache:
         ):
             return job_key
         holder = None if deleted else gpu_holder(body)
-        if holder is None:
-            self.holders.pop(key, None)
-        else:
+        if holder is not None:
             self.holders[key] = holder
+        elif _same_pod(uid, self.holders[key].uid if key in self.holders else None):
+            self.holders.pop(key, None)
         if job_key is not None:
             name = key.split("/", 1)[1]
             pods = self.pods.setdefault(job_key, {})
-            if deleted:
-                pods.pop(name, None)
-            else:
+            if not deleted:
                 pods[name] = dict(body)
+            elif name in pods and _same_pod(uid, (pods[name].get("metadata") or {}).get("uid")):
+                # A DELETED event that trails the creation of a new pod of the same name (a restarted
+                # operator's watch starts late) concerns the old pod only.
+                pods.pop(name)
         return job_key
 
     def put_node(self, event_type: str | None, body: Body) -> bool:

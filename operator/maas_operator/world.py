@@ -171,6 +171,8 @@ class GpuHolder:
     """`namespace/name` of the MaaSJob that owns it, if any."""
     node: str
     gpus: int
+    uid: str = ""
+    """The pod's UID: a late DELETED event of an older pod of the same name must not free this one's GPUs."""
 
 
 def gpu_holder(pod: Mapping[str, Any]) -> GpuHolder | None:
@@ -191,6 +193,7 @@ def gpu_holder(pod: Mapping[str, Any]) -> GpuHolder | None:
         job=f"{namespace}/{job}" if job else None,
         node=node,
         gpus=gpus,
+        uid=str(metadata.get("uid") or ""),
     )
 
 

@@ -84,3 +84,34 @@ def test_an_older_pod_version_does_not_replace_a_newer_one() -> None:
     assert cache.pods["ns/job"]["job-r0-s0"]["status"]["phase"] == "Failed"
     # A Failed pod holds no GPUs, and the late Running version must not bring its claim back.
     assert cache.holders == {}
+
+
+def test_a_late_deleted_event_of_an_old_pod_leaves_the_new_pod_of_that_name() -> None:
+    """A restarted operator deletes the old gang and creates the new one before kopf's watch delivers the old
+    pod's DELETED event: that event must not drop the new pod (it would look deleted, a second disruption)."""
+    cache = WorldCache()
+    old = _pod("old-uid", "5")
+    new = _pod("new-uid", "9")
+    cache.put_pod(None, old)
+    cache.put_pod("DELETED", old)  # our forced delete, recorded at once
+    cache.put_pod("MODIFIED", new)  # our create, written through
+    cache.put_pod("DELETED", old)  # the watch's late event
+    assert cache.pods["ns/job"]["job-r0-s0"]["metadata"]["uid"] == "new-uid"
+    assert cache.holders["ns/job-r0-s0"].uid == "new-uid"
+
+
+def _pod(uid: str, version: str) -> dict[str, object]:
+    return {
+        "metadata": {
+            "name": "job-r0-s0",
+            "namespace": "ns",
+            "uid": uid,
+            "resourceVersion": version,
+            "labels": {"maas.dev/job": "job"},
+        },
+        "spec": {
+            "nodeName": "n0",
+            "containers": [{"name": "worker", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {"phase": "Running"},
+    }
