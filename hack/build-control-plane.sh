@@ -2,9 +2,10 @@
 # Builds the local control plane (etcd, Kubernetes, kwok, helm) from Go modules into a versioned cache folder.
 #
 # Usage: hack/build-control-plane.sh [--print-bin-dir]
-# Builds only what is missing; the last line printed is the folder holding the binaries.
-# The cache key hashes versions.env and every go.mod/go.sum under hack/tools (comments aside), so a version
-# bump rebuilds.
+# Builds only what is missing or out of date; the last line printed is the folder holding the binaries.
+# Each binary is keyed by its own inputs: the go.mod/go.sum of its module under hack/tools (comments aside), its
+# package and its link flags (which carry the version). A version bump rebuilds exactly the binaries it touches,
+# and adding a component never rebuilds the others.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -12,9 +13,9 @@ tools="$here/tools"
 # shellcheck source=tools/versions.env
 source "$tools/versions.env"
 
-# Comments do not count: editing one must not cost a 9-minute rebuild.
-key=$(cat "$tools/versions.env" "$tools"/*/go.mod "$tools"/*/go.sum | grep -v -E '^\s*(#|//)' | sha256sum | cut -c1-12)
-bin_dir="${MAAS_CACHE_DIR:-$HOME/.cache/maas-operator}/control-plane/${KUBERNETES_VERSION}-${key}/bin"
+# The folder changes only with the Go toolchain (a new Go may produce different binaries from the same inputs).
+go_version=$(go env GOVERSION 2>/dev/null || echo unknown-go)
+bin_dir="${MAAS_CACHE_DIR:-$HOME/.cache/maas-operator}/control-plane/${go_version}/bin"
 
 if [[ "${1:-}" == "--print-bin-dir" ]]; then
   echo "$bin_dir"
@@ -31,10 +32,20 @@ k8s_version_flags="-X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERS
   -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION}
   -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${k8s_minor}"
 
+# The key of one binary: its module's pins (comments do not count: editing one must not cost a rebuild),
+# its package and its link flags.
+binary_key() {
+  local module=$1 package=$2 ldflags=$3
+  { grep -v -E '^\s*(#|//)' "$tools/$module/go.mod" "$tools/$module/go.sum"; echo "$package $ldflags"; } \
+    | sha256sum | cut -c1-16
+}
+
 # build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS]
 build() {
   local name=$1 module=$2 package=$3 extra_ldflags=${4:-}
-  if [[ -x "$bin_dir/$name" ]]; then
+  local key stamp="$bin_dir/.$name.key"
+  key=$(binary_key "$module" "$package" "$extra_ldflags")
+  if [[ -x "$bin_dir/$name" && -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
     echo "[control-plane] $name: cached"
     return
   fi
@@ -43,6 +54,7 @@ build() {
   # Build under a temporary name so an interrupted build never leaves a half-written binary behind.
   (cd "$tools/$module" && go build -trimpath -ldflags "-s -w $extra_ldflags" -o "$bin_dir/.$name.tmp" "$package")
   mv "$bin_dir/.$name.tmp" "$bin_dir/$name"
+  echo "$key" >"$stamp"
   echo "[control-plane] built $name in $((SECONDS - started)) s"
 }
 
