@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from maas_api.base import ApiModel
+
 PLAN_PATH = "/etc/maas/plan.json"
 """Where the plan ConfigMap is mounted in every worker."""
 PLAN_PATH_ENV = "MAAS_PLAN_PATH"
@@ -26,6 +28,10 @@ runtime joins the process group as global_rank(MAAS_WORKER_INDEX, local rank) in
 PROGRESS_PORT_ENV = "MAAS_PROGRESS_PORT"
 """Port of the `/progress` and `/metrics` HTTP endpoint on global rank 0 (train) or every first stage (serve)."""
 DEFAULT_PROGRESS_PORT = 9400
+PROGRESS_PATH = "/progress"
+"""The path of the progress document (a ProgressReport as JSON)."""
+PROGRESS_FINISHED = "Finished"
+"""ProgressReport.phase once every step ran and the last checkpoint is saved."""
 RENDEZVOUS_PORT = 29400
 """torchrun's c10d rendezvous port on worker 0."""
 
@@ -69,3 +75,23 @@ def global_rank(worker: int, local_rank: int, procs_per_worker: int) -> int:
 def stages_of_pipeline_rank(pipeline_rank: int, pipeline_degree: int, stages_per_worker: int) -> list[int]:
     """Model stages a pipeline rank runs: stage i lives on rank i % p (torch's interleaved layout)."""
     return [pipeline_rank + k * pipeline_degree for k in range(stages_per_worker)]
+
+
+class ProgressReport(ApiModel):
+    """The document `GET /progress` answers on global rank 0 of a training job: written by the runtime
+    (maas_runtime.progress), read by the operator into status.progress. Unknown fields are refused, so the
+    two sides cannot drift apart silently."""
+
+    job: str
+    namespace: str
+    phase: str
+    """Starting, Training, or Finished once every step ran and the last checkpoint is saved."""
+    step: int
+    """Optimizer steps completed."""
+    total_steps: int
+    loss: float | None = None
+    """Loss of the last step, mean over replicas."""
+    samples_per_second: float
+    samples_seen: int
+    last_checkpoint_step: int | None = None
+    elapsed_seconds: float

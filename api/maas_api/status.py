@@ -115,12 +115,18 @@ class Progress(ApiModel):
 
     step: int = 0
     """Last finished optimizer step."""
+    total_steps: int | None = None
+    """Optimizer steps the job runs in all."""
     loss: float | None = None
     """Loss of that step (mean over replicas)."""
     samples_per_second: float | None = None
     """Throughput over the last steps, all replicas."""
+    last_checkpoint_step: int | None = None
+    """Step of the last saved checkpoint: a restarted gang resumes from there."""
+    finished: bool = False
+    """Every step ran and the final checkpoint is saved."""
     updated_at: datetime | None = None
-    """When the operator read it."""
+    """When the operator read it from the job's first worker."""
 
 
 class MaaSJobStatus(ApiModel):

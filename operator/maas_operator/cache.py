@@ -14,19 +14,22 @@ from typing import Any
 
 from maas_api.job import ManifestError, parse_maasjob
 from maas_api.plan import Plan
-from maas_api.spec import MaaSJobSpec
-from maas_api.status import ConditionType, MaaSJobStatus
+from maas_api.spec import MaaSJobSpec, Mode
+from maas_api.status import ConditionType, MaaSJobStatus, Phase, Progress
 from pydantic import ValidationError
 
 from maas_operator import names
 from maas_operator.children import JobRef
 from maas_operator.planner import Node
+from maas_operator.progress import progress_url
 from maas_operator.reconcile import UNSCHEDULABLE, Observed
 from maas_operator.world import GpuHolder, gpu_holder, planner_node, used_gpus, worker_pod
 
 log = logging.getLogger(__name__)
 
 Body = Mapping[str, Any]
+
+FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
 DELETED_UIDS_KEPT = 100_000
 """Deleted pod UIDs remembered (a late write-through comes within seconds; this is far more than enough)."""
@@ -87,6 +90,8 @@ class WorldCache:
         self._plans: dict[tuple[str, str], Plan | None] = {}
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
         self._deleted_pod_uids: dict[str, None] = {}
+        self.progress: dict[str, Progress] = {}
+        """What worker 0 of each Train job last reported (the progress poller writes it)."""
         """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
 
     # -- watch events -------------------------------------------------------------------------------------
@@ -208,11 +213,27 @@ class WorldCache:
         self.jobs.pop(key, None)
         self.plan_configmaps.pop(key, None)
         self.replica_configmaps.pop(key, None)
+        self.progress.pop(key, None)
         self._specs.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
 
     def active_job_keys(self) -> list[str]:
         return sorted(self.jobs)
+
+    def progress_targets(self) -> list[tuple[str, str]]:
+        """(job key, progress URL) of worker 0 of every unfinished Train job whose worker 0 runs."""
+        targets = []
+        for key, body in self.jobs.items():
+            if (body.get("spec") or {}).get("mode") != Mode.TRAIN:
+                continue
+            if (body.get("status") or {}).get("phase") in FINISHED_PHASES:
+                continue
+            for pod in self.pods.get(key, {}).values():
+                url = progress_url(pod)
+                if url is not None:
+                    targets.append((key, url))
+                    break
+        return targets
 
     def unschedulable_job_keys(self) -> list[str]:
         """Jobs waiting for room (Planned=False, Unschedulable): freed GPUs may let them run."""
@@ -298,4 +319,5 @@ class WorldCache:
             used_gpus=used_gpus(self.holders.values(), except_job=key),
             now=now,
             replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
+            progress=self.progress.get(key),
         )

@@ -17,11 +17,13 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from maas_api.job import GROUP, KIND, PLURAL, VERSION
+from maas_api.status import Progress
 
 from maas_operator import metrics, names
 from maas_operator.cache import WorldCache, object_key
 from maas_operator.children import JobRef, Manifest
 from maas_operator.kube import Kube, api_message
+from maas_operator.progress import ProgressPoller
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
 from maas_operator.settings import OperatorSettings
 from maas_operator.workqueue import WorkQueue
@@ -67,6 +69,9 @@ class Controller:
         self._errors: Counter[str] = Counter()
         self._phases: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.progress = ProgressPoller(
+            self.cache.progress_targets, self._on_progress, settings.progress_interval_seconds
+        )
 
     async def prime(self) -> None:
         """Fills the caches with one List of each collection before the first decision (the watches only
@@ -84,6 +89,8 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self.settings.workers)
         ]
+        if self.settings.progress_interval_seconds > 0:
+            self._tasks.append(asyncio.create_task(self.progress.run(), name="progress"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -103,11 +110,16 @@ class Controller:
         key = self.cache.put_job(event_type, body)
         if event_type == "DELETED":
             self.cache.forget_job(key)
+            self.progress.forget(key)
             self.queue.forget(key)
             self._phases.pop(key, None)
             self._count_phases()
         else:
             self.queue.add(key)
+
+    def _on_progress(self, key: str, progress: Progress) -> None:
+        self.cache.progress[key] = progress
+        self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
         pod_key = object_key(body)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from maas_api.plan import Plan
 from maas_api.spec import MaaSJobSpec, Mode
-from maas_api.status import ConditionType, MaaSJobStatus
+from maas_api.status import ConditionType, MaaSJobStatus, Progress
 
 from maas_operator import children, names
 from maas_operator.children import JobRef, Manifest
@@ -83,6 +83,8 @@ class Observed:
     replica_configmaps: frozenset[str] = frozenset()
     """Names of this job's existing per-replica plan ConfigMaps (Serve)."""
     spec_error: str = ""
+    progress: Progress | None = None
+    """The last progress worker 0 reported (Train), if the operator read one since it started."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ class _Step:
         for type_, reason in INITIAL_REASONS.items():
             if not any(c.type == type_ for c in self.status.conditions):
                 self.condition(type_, False, reason, "", quiet=True)
+        if self.observed.progress is not None:
+            self.status.progress = self.observed.progress
         observe_generation(self.status, self.observed.generation)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation

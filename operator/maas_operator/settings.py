@@ -27,6 +27,9 @@ class OperatorSettings:
     """Concurrent reconciles (different jobs; one job is never reconciled twice at once)."""
     resync_seconds: float = 60.0
     """Every job is reconciled at least this often, as a safety net for missed events."""
+    progress_interval_seconds: float = 5.0
+    """How often worker 0 of each running Train job is asked for its progress (0: never). Must stay below the
+    runtime's linger time (30 s by default) so the final step is read before the job ends."""
     metrics_port: int = 8000
     """Prometheus metrics on http://0.0.0.0:PORT/metrics (0: off)."""
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
@@ -48,6 +51,7 @@ class OperatorSettings:
             worker_pod_patch=parsed_patch,
             workers=_positive_int(env, "MAAS_RECONCILE_WORKERS", 4),
             resync_seconds=float(env.get("MAAS_RESYNC_SECONDS", "60")),
+            progress_interval_seconds=_seconds(env, "MAAS_PROGRESS_INTERVAL_SECONDS", 5.0),
             metrics_port=int(env.get("MAAS_METRICS_PORT", "8000")),
             liveness_endpoint=env.get("MAAS_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"),
         )
@@ -60,3 +64,16 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise SystemExit(f"{name}: {raw!r} is not a whole number >= 1")
     return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise SystemExit(f"{name}: {raw!r} is not a number of seconds >= 0")
+    return value

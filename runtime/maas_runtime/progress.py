@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from maas_api.contract import PROGRESS_FINISHED, PROGRESS_PATH, ProgressReport
+
 from maas_runtime.errors import PermanentError
 from maas_runtime.http_server import HttpServer, Response
 
@@ -24,8 +26,6 @@ def prometheus_text(metrics: list[tuple[str, str, str, float]], labels: dict[str
     return "\n".join(lines) + "\n"
 
 
-FINISHED = "Finished"
-"""The phase once every step ran and the last checkpoint is saved."""
 LINGER_ENV = "MAAS_PROGRESS_LINGER_SECONDS"
 """How long rank 0 keeps `/progress` up after training finished, until someone read the final state."""
 DEFAULT_LINGER_SECONDS = 30.0
@@ -67,20 +67,21 @@ class TrainProgress:
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
-            if self.phase == FINISHED:
+            if self.phase == PROGRESS_FINISHED:
                 self.final_state_served.set()
-            return {
-                "job": self.job,
-                "namespace": self.namespace,
-                "phase": self.phase,
-                "step": self.step,
-                "totalSteps": self.total_steps,
-                "loss": self.loss,
-                "samplesPerSecond": self.samples_per_second,
-                "samplesSeen": self.samples_seen,
-                "lastCheckpointStep": self.last_checkpoint_step,
-                "elapsedSeconds": time.time() - self.started,
-            }
+            report = ProgressReport(
+                job=self.job,
+                namespace=self.namespace,
+                phase=self.phase,
+                step=self.step,
+                total_steps=self.total_steps,
+                loss=self.loss,
+                samples_per_second=self.samples_per_second,
+                samples_seen=self.samples_seen,
+                last_checkpoint_step=self.last_checkpoint_step,
+                elapsed_seconds=time.time() - self.started,
+            )
+        return report.model_dump(mode="json", by_alias=True)
 
     def metrics(self) -> str:
         s = self.snapshot()
@@ -118,7 +119,7 @@ def serve_progress(progress: TrainProgress, port: int) -> HttpServer:
     return HttpServer(
         port,
         {
-            ("GET", "/progress"): lambda _: Response.json(200, progress.snapshot()),
+            ("GET", PROGRESS_PATH): lambda _: Response.json(200, progress.snapshot()),
             ("GET", "/metrics"): lambda _: Response.text(200, progress.metrics()),
         },
     )

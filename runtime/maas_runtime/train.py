@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from maas_api.batch import BatchError, first_sample, process_batch, samples_per_step
-from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, ExitCode
+from maas_api.contract import DEFAULT_PROGRESS_PORT, PROGRESS_FINISHED, PROGRESS_PORT_ENV, ExitCode
 from maas_api.spec import DataDistribution, Optimizer, TrainingSpec
 from torch import nn
 
@@ -30,7 +30,7 @@ from maas_runtime.data_parallel import apply_data_parallel
 from maas_runtime.errors import PermanentError, RetryableError
 from maas_runtime.losses import loss_function
 from maas_runtime.pipeline import pipeline_stages, training_schedule
-from maas_runtime.progress import FINISHED, TrainProgress, linger_seconds, serve_progress
+from maas_runtime.progress import TrainProgress, linger_seconds, serve_progress
 from maas_runtime.worker import Worker
 
 
@@ -241,7 +241,7 @@ def _train(worker: Worker, progress: TrainProgress) -> ExitCode:
             raise RetryableError(f"terminated by SIGTERM after step {state.step} ({kept})")
     if pending is not None:
         report(pending)
-    progress.update(phase=FINISHED)
+    progress.update(phase=PROGRESS_FINISHED)
     if worker.rank == 0:
         worker.log("finished", step=state.step, loss=progress.loss)
     return ExitCode.SUCCESS
