@@ -32,6 +32,13 @@ PROGRESS_PATH = "/progress"
 """The path of the progress document (a ProgressReport as JSON)."""
 PROGRESS_FINISHED = "Finished"
 """ProgressReport.phase once every step ran and the last checkpoint is saved."""
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+"""Where a failing worker writes why (the pod's terminationMessagePath): the kubelet puts it in the container's
+terminated state, and the operator quotes it in the job's condition."""
+TERMINATION_MESSAGE_ENV = "MAAS_TERMINATION_MESSAGE_PATH"
+"""Tells the runtime where to write that message; unset (local runs): nowhere."""
+TERMINATION_MESSAGE_LIMIT = 4096
+"""The kubelet keeps at most this many bytes of a termination message."""
 RENDEZVOUS_PORT = 29400
 """torchrun's c10d rendezvous port on worker 0."""
 

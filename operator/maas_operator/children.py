@@ -21,6 +21,8 @@ from maas_api.contract import (
     DEFAULT_PROGRESS_PORT,
     PLAN_PATH,
     RENDEZVOUS_PORT,
+    TERMINATION_MESSAGE_ENV,
+    TERMINATION_MESSAGE_PATH,
     WORKER_INDEX_ENV,
     processes_per_worker,
 )
@@ -187,6 +189,7 @@ def _env(spec: MaaSJobSpec, job: JobRef, gang: Gang, worker: WorkerPlan) -> list
         {"name": RENDEZVOUS_ID_ENV, "value": ""},  # gang_pods fills in the gang's hash
         {"name": "PET_MAX_RESTARTS", "value": "0"},
         {"name": WORKER_INDEX_ENV, "value": str(index)},
+        {"name": TERMINATION_MESSAGE_ENV, "value": TERMINATION_MESSAGE_PATH},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
@@ -277,6 +280,9 @@ def worker_pod(
             {"name": "progress", "containerPort": DEFAULT_PROGRESS_PORT},
         ],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # The runtime writes why it failed there; the operator quotes it in the job's conditions.
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "File",
     }
     if spec.mode == Mode.SERVE and spec.serving is not None and worker.pipeline_rank == 0:
         container["ports"].append({"name": "http", "containerPort": spec.serving.port})

@@ -75,7 +75,8 @@ def find_failure(
         return Failure(
             Verdict.FAIL,
             "PermanentExitCode",
-            f"worker {pod.name} exited {pod.exit_code} ({pod.reason or 'Error'}), which a restart cannot fix",
+            f"worker {pod.name} exited {pod.exit_code} ({pod.reason or 'Error'}), which a restart cannot fix"
+            + _quoted(pod),
         )
     disrupted = [p for p in pods if p.disrupted]
     if disrupted:
@@ -95,7 +96,9 @@ def find_failure(
         pod = failed[0]
         code = "unknown" if pod.exit_code is None else str(pod.exit_code)
         return Failure(
-            Verdict.RETRY, "WorkerFailed", f"worker {pod.name} exited {code} ({pod.reason or 'Error'})"
+            Verdict.RETRY,
+            "WorkerFailed",
+            f"worker {pod.name} exited {code} ({pod.reason or 'Error'})" + _quoted(pod),
         )
     if started:
         present = {p.name for p in pods if not p.terminating}
@@ -107,6 +110,10 @@ def find_failure(
                 f"worker {', '.join(missing)} was deleted while the gang ran",
             )
     return None
+
+
+def _quoted(pod: WorkerPod) -> str:
+    return f": {pod.message}" if pod.message else ""
 
 
 def restart_or_fail(failure: Failure, restarts: int, policy: FailurePolicySpec) -> Failure:

@@ -101,6 +101,8 @@ class WorkerPod:
     reason: str
     """Pod status reason or the container's termination reason, for messages."""
     created: datetime | None
+    message: str = ""
+    """What the worker wrote as its termination message (the runtime's one-line reason), shortened."""
     deletion_deadline: datetime | None = None
     """When a terminating pod's grace period ends (its deletionTimestamp); it should be gone soon after."""
 
@@ -114,18 +116,33 @@ class WorkerPod:
         return not self.finished and not self.terminating
 
 
-def _container_termination(pod: Mapping[str, Any]) -> tuple[int | None, str]:
+MESSAGE_QUOTED_CHARS = 512
+"""How much of a worker's termination message a condition quotes (the kubelet keeps up to 4 KiB)."""
+
+
+@dataclass(frozen=True)
+class Termination:
+    exit_code: int | None
+    reason: str
+    message: str
+
+
+def _container_termination(pod: Mapping[str, Any]) -> Termination:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     chosen = next(
         (s for s in statuses if s.get("name") == WORKER_CONTAINER), statuses[0] if statuses else None
     )
-    if not chosen:
-        return None, ""
-    terminated = (chosen.get("state") or {}).get("terminated")
+    terminated = (chosen.get("state") or {}).get("terminated") if chosen else None
     if not terminated:
-        return None, ""
+        return Termination(None, "", "")
     code = terminated.get("exitCode")
-    return (int(code) if isinstance(code, int) else None), str(terminated.get("reason") or "")
+    lines = [line.strip() for line in str(terminated.get("message") or "").splitlines() if line.strip()]
+    message = "; ".join(dict.fromkeys(lines))  # several processes of one pod often fail alike
+    if len(message) > MESSAGE_QUOTED_CHARS:
+        message = message[: MESSAGE_QUOTED_CHARS - 3] + "..."
+    return Termination(
+        int(code) if isinstance(code, int) else None, str(terminated.get("reason") or ""), message
+    )
 
 
 def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
@@ -138,7 +155,7 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
     disruption_condition = any(
         c.get("type") == DISRUPTION_CONDITION and c.get("status") == "True" for c in conditions
     )
-    exit_code, termination_reason = _container_termination(pod)
+    termination = _container_termination(pod)
     phase = str(status.get("phase") or "Pending")
     reason = str(status.get("reason") or "")
     spec = pod.get("spec") or {}
@@ -153,9 +170,10 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
         terminating=bool(metadata.get("deletionTimestamp")),
         node=pinned_node(pod),
         bound=bool(spec.get("nodeName")),
-        exit_code=exit_code,
+        exit_code=termination.exit_code,
+        message=termination.message,
         disrupted=reason in DISRUPTION_REASONS or (disruption_condition and phase == "Failed"),
-        reason=reason or termination_reason,
+        reason=reason or termination.reason,
         created=parse_time(metadata.get("creationTimestamp")),
         deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
     )

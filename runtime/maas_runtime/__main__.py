@@ -18,7 +18,7 @@ from maas_api.contract import ExitCode
 
 from maas_runtime.errors import classify
 from maas_runtime.plan_file import load_plan, plan_path
-from maas_runtime.termination import install_termination_flag
+from maas_runtime.termination import install_termination_flag, record_termination_message
 
 
 def run() -> ExitCode:
@@ -51,6 +51,8 @@ def main() -> int:
         if code == ExitCode.UNCAUGHT_ERROR:
             traceback.print_exc()
         print(f"maas_runtime: exit {int(code)}: {reason}", file=sys.stderr, flush=True)
+        if code != ExitCode.SUCCESS:
+            record_termination_message(f"exit {int(code)}: {reason}")
         sys.stdout.flush()
         # Skip interpreter teardown: a process group with a dead peer can hang in its destructor.
         os._exit(int(code))

@@ -20,6 +20,7 @@ from maas_api import contract
 from maas_api.contract import ExitCode
 
 from maas_runtime.errors import PermanentError
+from maas_runtime.termination import record_termination_message
 
 
 def signal_code(code: int) -> int:
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         check_launch(args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint)
     except PermanentError as error:
         print(f"maas_runtime.agent: exit {int(ExitCode.PERMANENT)}: {error}", file=sys.stderr)
+        record_termination_message(f"exit {int(ExitCode.PERMANENT)}: {error}")
         return int(ExitCode.PERMANENT)
     try:
         run(args)  # type: ignore[no-untyped-call]
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maas_runtime.agent: stopped by {error.sigval.name}", file=sys.stderr)
         return 128 + int(error.sigval)
     except RendezvousError as error:
-        print(f"maas_runtime.agent: rendezvous failed ({type(error).__name__}: {error})", file=sys.stderr)
+        message = f"rendezvous failed ({type(error).__name__}: {error})"
+        print(f"maas_runtime.agent: {message}", file=sys.stderr)
+        record_termination_message(f"exit {int(ExitCode.RETRYABLE)}: {message}")
         return int(ExitCode.RETRYABLE)
     return int(ExitCode.SUCCESS)
 

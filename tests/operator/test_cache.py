@@ -274,3 +274,23 @@ def test_a_plan_configmap_answer_older_than_the_watch_is_ignored() -> None:
     cache.put_configmap("MODIFIED", configmap("train-plan", version=12))
     assert cache.put_own_write(configmap("train-plan", version=11)) is False
     assert cache.plan_configmaps["ns/train"]["metadata"]["resourceVersion"] == "12"
+
+
+def test_a_termination_message_is_read_once_per_line_and_shortened() -> None:
+    from maas_operator.world import MESSAGE_QUOTED_CHARS, worker_pod
+
+    def failed_with(message: str) -> dict[str, Any]:
+        terminated = {"exitCode": 78, "reason": "Error", "message": message}
+        return {
+            "metadata": {"name": "w0"},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}],
+            },
+        }
+
+    # Two processes of one pod failed alike: one quote.
+    parsed = worker_pod(failed_with("exit 78: bad plan\nexit 78: bad plan\n"))
+    assert (parsed.exit_code, parsed.reason, parsed.message) == (78, "Error", "exit 78: bad plan")
+    long = worker_pod(failed_with("x" * 5000)).message
+    assert len(long) == MESSAGE_QUOTED_CHARS and long.endswith("...")

@@ -101,6 +101,15 @@ def test_a_permanent_exit_fails_even_when_another_worker_only_needs_a_retry() ->
     assert "w1 exited 78" in failure.message
 
 
+def test_the_workers_own_reason_is_quoted_in_the_failure() -> None:
+    """The runtime writes one line as the pod's termination message; the condition carries it to the user."""
+    reason = "exit 78: plan.model.factory: cannot import 'nope:make'"
+    failure = find([exited("w0", 78, message=reason), pod("w1"), pod("w2")])
+    assert failure is not None and failure.message.endswith(f"which a restart cannot fix: {reason}")
+    retry = find([exited("w0", 75, message="exit 75: peer lost"), pod("w1"), pod("w2")])
+    assert retry is not None and retry.message == "worker w0 exited 75 (Error): exit 75: peer lost"
+
+
 def test_a_permanent_exit_wins_over_a_disruption() -> None:
     failure = find([pod("w0", "Failed", disrupted=True, reason="Evicted"), exited("w1", 78), pod("w2")])
     assert failure is not None and failure.verdict == Verdict.FAIL

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from maas_api.contract import TERMINATION_MESSAGE_ENV
 from maas_api.spec import DataSpec, ModelSpec, TrainingSpec, VolumeSource
 from maas_runtime.launch import child_pids, local_plan, run, write_plan
 
@@ -64,14 +65,17 @@ def test_bad_inputs_exit_78_with_the_field_named(tmp_path: Path) -> None:
     workers = []
     for i, (message, plan) in enumerate(cases.items()):
         plan_file = plan if isinstance(plan, Path) else write_plan(plan, tmp_path / f"plan-{i}.json")
-        unset = {"MAAS_WORKER_INDEX": ""} if message.startswith("MAAS_WORKER_INDEX") else {}
-        workers.append(_start_worker(plan_file, unset))
-    for message, worker in zip(cases, workers, strict=True):
+        env = {"MAAS_WORKER_INDEX": ""} if message.startswith("MAAS_WORKER_INDEX") else {}
+        env[TERMINATION_MESSAGE_ENV] = str(tmp_path / f"termination-{i}")
+        workers.append(_start_worker(plan_file, env))
+    for i, (message, worker) in enumerate(zip(cases, workers, strict=True)):
         _, stderr = worker.communicate(timeout=120)
         assert (worker.returncode, stderr.strip().splitlines()[-1:]) == (
             78,
             [f"maas_runtime: exit 78: {message}"],
         )
+        # The same reason, where the kubelet reads it for the pod's status (the operator quotes it).
+        assert (tmp_path / f"termination-{i}").read_text() == f"exit 78: {message}\n"
 
 
 def test_user_code_failures_exit_1_whatever_their_message(tmp_path: Path) -> None:

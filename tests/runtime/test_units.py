@@ -424,3 +424,22 @@ def test_runtime_never_imports_kopf() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_termination_message_is_appended_up_to_the_kubelets_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maas_api.contract import TERMINATION_MESSAGE_ENV, TERMINATION_MESSAGE_LIMIT
+    from maas_runtime.termination import record_termination_message
+
+    monkeypatch.delenv(TERMINATION_MESSAGE_ENV, raising=False)
+    record_termination_message("nowhere to write")  # a local run: no file, no error
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv(TERMINATION_MESSAGE_ENV, str(path))
+    record_termination_message("exit 75: peer lost\n(details)")
+    record_termination_message("exit 75: peer lost too")
+    assert path.read_text() == "exit 75: peer lost (details)\nexit 75: peer lost too\n"
+    record_termination_message("y" * 10_000)
+    record_termination_message("never written: the kubelet would not keep it")
+    assert TERMINATION_MESSAGE_LIMIT <= len(path.read_text()) < 2 * TERMINATION_MESSAGE_LIMIT
+    assert "never written" not in path.read_text()
