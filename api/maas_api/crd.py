@@ -162,7 +162,12 @@ def spec_schema() -> Schema:
 
 
 def status_schema() -> Schema:
-    return model_schema(MaaSJobStatus)
+    schema = model_schema(MaaSJobStatus)
+    # The API server fills in this default when it reads a job the operator has not written yet, so such a
+    # job has `observedGeneration: 0` below its generation: kstatus (Flux) and Argo CD read it as in progress
+    # instead of taking a job with no status at all for a finished one.
+    schema["default"] = {}
+    return schema
 
 
 def build_crd() -> Schema:

@@ -34,6 +34,7 @@ from maas_operator.status import (
     phase_of,
     plan_summary,
     set_condition,
+    summary_conditions,
     worker_counts,
 )
 from maas_operator.world import WorkerPod
@@ -51,7 +52,8 @@ UNSCHEDULABLE = "Unschedulable"
 NOT_PLAN_INPUTS = frozenset({"run_policy", "failure_policy", "image", "env", "template"})
 
 
-# Every condition type is always present; these are the reasons of a False that nothing has set yet.
+# Every condition type is always present; these are the reasons of a False that nothing has set yet
+# (Reconciling and Stalled are derived from the others, see status.summary_conditions).
 INITIAL_REASONS = {
     ConditionType.PLANNED: "Planning",
     ConditionType.READY: "WorkersNotReady",
@@ -169,6 +171,17 @@ class _Step:
         for type_, reason in INITIAL_REASONS.items():
             if not any(c.type == type_ for c in self.status.conditions):
                 self.condition(type_, False, reason, "", quiet=True)
+        # No events for these: they restate the conditions above for kstatus.
+        for summary in summary_conditions(self.status):
+            set_condition(
+                self.status,
+                summary.type,
+                summary.value,
+                summary.reason,
+                summary.message,
+                self.now,
+                self.observed.generation,
+            )
         observe_generation(self.status, self.observed.generation)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation

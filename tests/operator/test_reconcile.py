@@ -54,7 +54,16 @@ def test_the_job_becomes_ready_when_every_worker_runs_and_then_nothing_changes()
 def test_every_condition_type_is_present_with_the_generation() -> None:
     world = running_world()
     types = {c.type: c for c in world.status.conditions}
-    assert set(types) == {"Planned", "Ready", "Succeeded", "Failed", "Suspended", "Restarting"}
+    assert set(types) == {
+        "Planned",
+        "Ready",
+        "Succeeded",
+        "Failed",
+        "Suspended",
+        "Restarting",
+        "Reconciling",
+        "Stalled",
+    }
     assert all(c.observed_generation == 1 for c in types.values())
 
 
