@@ -390,6 +390,13 @@ def _plan_problem(step: _Step, spec: MaaSJobSpec, plan: Plan | None, inputs: str
     return None
 
 
+def previous_placement(plan: Plan | None, nodes: Sequence[Node]) -> dict[str, str]:
+    """Worker -> node of `plan` for the workers whose node is still there and Ready: a new plan keeps them
+    where they are (`build_plan`'s `previous`)."""
+    ready = {node.name for node in nodes if node.ready}
+    return {w.name: w.node for w in (plan.workers if plan else []) if w.node and w.node in ready}
+
+
 def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     """The plan the children follow: the stored one while valid, else a new one; None when none places."""
     observed = step.observed
@@ -399,9 +406,7 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     if problem is None and old is not None:
         _record_plan(step, old)
         return old
-    previous = {
-        w.name: w.node for w in (old.workers if old else []) if w.node and w.node not in step.lost_nodes
-    }
+    previous = previous_placement(old, observed.nodes)
     try:
         plan = build_plan(
             spec,

@@ -166,7 +166,8 @@ def summary_conditions(status: MaaSJobStatus) -> tuple[Summary, Summary]:
     return Summary(ConditionType.RECONCILING, True, reason, message), stalled
 
 
-def plan_summary(plan: Plan) -> PlanSummary:
+def plan_summary(plan: Plan, max_workers: int | None = MAX_WORKERS_IN_STATUS) -> PlanSummary:
+    """The plan in brief, with at most `max_workers` workers (None: all of them, for `kubectl maas status`)."""
     gpus_per_stage: dict[int, int] = {}
     for worker in plan.workers:
         for stage in worker.stages:
@@ -183,7 +184,7 @@ def plan_summary(plan: Plan) -> PlanSummary:
         ],
         workers=[
             WorkerSummary(name=w.name, replica=w.replica, stages=w.stages, node=w.node)
-            for w in plan.workers[:MAX_WORKERS_IN_STATUS]
+            for w in plan.workers[:max_workers]
         ],
         replicas=plan.replicas,
         microbatches=plan.microbatches,
