@@ -27,7 +27,7 @@ from maas_api.job import (
 )
 from maas_api.rules import JOB_NAME_CEL_RULES, SPEC_RULES
 from maas_api.spec import MaaSJobSpec
-from maas_api.status import MaaSJobStatus
+from maas_api.status import ConditionType, MaaSJobStatus
 
 Schema = dict[str, Any]
 
@@ -211,6 +211,20 @@ def build_crd() -> Schema:
         },
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {
+            "name": "Restarts",
+            "type": "integer",
+            "jsonPath": ".status.restarts",
+            "priority": 1,
+            "description": "Gang restarts after the job's own failures.",
+        },
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": f'.status.conditions[?(@.type=="{ConditionType.RECONCILING}")].reason',
+            "priority": 1,
+            "description": "Why the job is (or is no longer) on its way: Unschedulable, WorkerFailed, ...",
+        },
         {
             "name": "Strategy",
             "type": "string",
