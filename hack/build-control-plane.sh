@@ -34,11 +34,12 @@ k8s_version_flags="-X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERS
   -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${k8s_minor}"
 
 # The key of one binary: its module's pins (comments do not count: editing one must not cost a rebuild),
-# our own Go sources in the module folder if it has any (kstatus), its package and its link flags.
+# our own Go sources in the module folder if it has any (kstatus), its package and its link flags. Never the
+# checkout's path (grep -h), so every clone and worktree shares the cached binaries.
 binary_key() {
   local module=$1 package=$2 ldflags=$3
   {
-    grep -v -E '^\s*(#|//)' "$tools/$module/go.mod" "$tools/$module/go.sum"
+    grep -h -v -E '^\s*(#|//)' "$tools/$module/go.mod" "$tools/$module/go.sum"
     find "$tools/$module" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
     echo "$package $ldflags"
   } | sha256sum | cut -c1-16

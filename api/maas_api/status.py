@@ -15,7 +15,8 @@ class ConditionType(StrEnum):
     PLANNED = "Planned"
     """A plan exists and every worker has a place (False with reason Unschedulable otherwise)."""
     READY = "Ready"
-    """All workers run (Train) or every replica serves (Serve). GitOps tools read this one."""
+    """The job is where its spec wants it: all workers run (Train) or every replica serves (Serve), or
+    training has succeeded (reason Succeeded). GitOps tools read this one (kstatus when nothing else decides)."""
     SUCCEEDED = "Succeeded"
     """Training finished."""
     FAILED = "Failed"

@@ -361,7 +361,9 @@ def _heal(step: _Step, spec: MaaSJobSpec, plan: Plan) -> Decision | None:
         step.event("Warning", failure.reason, message)
     if spec.mode == Mode.TRAIN and succeeded:
         step.condition(ConditionType.SUCCEEDED, True, "AllWorkersSucceeded", "every worker exited 0")
-        step.condition(ConditionType.READY, False, "Succeeded", "training finished")
+        # Ready stays the summary GitOps tools read (kstatus falls back to it): a finished job is where its
+        # spec wants it. Quiet: Succeeded tells the news.
+        step.condition(ConditionType.READY, True, "Succeeded", "training finished", quiet=True)
         step.condition(ConditionType.RESTARTING, False, "Succeeded", "training finished")
         step.status.completion_time = step.now
         step.status.restart_at = None

@@ -29,7 +29,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "running": ("Healthy", "Current"),
     "restarting": ("Progressing", "InProgress"),
     "scale-does-not-fit": ("Progressing", "InProgress"),
-    "suspended": ("Suspended", "Current"),
+    # kstatus has no Suspended: its Ready fallback reads the job as waiting, as it reads a suspended batch Job.
+    "suspended": ("Suspended", "InProgress"),
     "succeeded": ("Healthy", "Current"),
     "failed": ("Degraded", "Failed"),
 }

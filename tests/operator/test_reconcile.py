@@ -159,6 +159,8 @@ def test_every_worker_exiting_zero_is_success() -> None:
         world.exit(name, 0)
     decision = world.step()
     assert world.condition("Succeeded") == ("True", "AllWorkersSucceeded")
+    assert world.condition("Ready") == ("True", "Succeeded")
+    assert [e.reason for e in decision.events] == ["AllWorkersSucceeded"]
     assert world.status.phase == "Succeeded"
     assert {d.name for d in decision.delete_pods} == set(WORKERS)
     assert decision.requeue_after == 30 and not decision.delete_job

@@ -66,7 +66,7 @@ def summary(status: MaaSJobStatus) -> tuple[tuple[bool, str, str], tuple[bool, s
             {
                 "Planned": (True, "Planned"),
                 "Succeeded": (True, "AllWorkersSucceeded"),
-                "Ready": (False, "Succeeded"),
+                "Ready": (True, "Succeeded"),
             },
             (False, "AllWorkersSucceeded", "why AllWorkersSucceeded"),
         ),

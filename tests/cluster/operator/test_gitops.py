@@ -176,7 +176,7 @@ def test_gitops_tools_read_each_phase_of_a_live_job(
     argocd, flux = EXPECTED[phase]
     assert argocd_health(job)[0] == argocd, job["status"]
     [reading] = kstatus(kstatus_binary, [job])
-    assert reading["status"] == flux, reading
+    assert reading["status"] == flux, (reading, job["status"])
     path = STATUSES / f"{phase}.yaml"
     if os.environ.get(RECORD_VARIABLE) == "1":
         path.write_text(yaml.safe_dump(job, sort_keys=False))
