@@ -16,7 +16,7 @@ import yaml
 from maas_devcluster.simulation import exit_annotations
 from maas_devcluster.testing import LocalCluster
 
-from tests.cluster.operator.support import REPO, Jobs, train_job
+from tests.cluster.operator.support import REPO, Jobs, OperatorProcess, train_job
 
 pytestmark = pytest.mark.cluster
 
@@ -26,6 +26,15 @@ WORKERS = 3
 
 def rows(printed: str) -> list[list[str]]:
     return [line.split() for line in printed.splitlines()]
+
+
+def columns(printed: str) -> list[dict[str, str]]:
+    """kubectl's table as one dict per row, cut at the header's column starts (cells may be empty)."""
+    header, *lines = printed.splitlines()
+    starts = [i for i, char in enumerate(header) if char != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    names = [header[a:b].strip() for a, b in bounds]
+    return [{name: line[a:b].strip() for name, (a, b) in zip(names, bounds, strict=True)} for line in lines]
 
 
 def wait_running(jobs: Jobs, name: str) -> dict[str, Any]:
@@ -54,9 +63,9 @@ def test_get_shows_why_a_job_waits(jobs: Jobs, pool: str) -> None:
         "waits Unschedulable",
         lambda: (c := jobs.condition("waits", "Planned")) is not None and c["reason"] == "Unschedulable",
     )
-    header, row = rows(jobs.kubectl("get", "mj", "waits", "-o", "wide").stdout)
-    assert dict(zip(header, row, strict=False))["STATUS"] == "Pending"
-    assert row[header.index("REASON")] == "Unschedulable"
+    [row] = columns(jobs.kubectl("get", "mj", "waits", "-o", "wide").stdout)
+    assert (row["STAGES"], row["REPLICAS"], row["READY"]) == ("", "", "")
+    assert (row["STATUS"], row["REASON"], row["RESTARTS"]) == ("Pending", "Unschedulable", "0")
 
 
 def test_explain_documents_spec_and_status_fields(cluster: LocalCluster, crd: None) -> None:
@@ -76,6 +85,26 @@ def test_wait_for_conditions_and_phases(jobs: Jobs, pool: str) -> None:
     done = jobs.kubectl("wait", "--for=condition=Succeeded", "mj/waited", "--timeout=60s").stdout
     assert done.strip() == "maasjob.maas.dev/waited condition met"
     assert jobs.status("waited")["phase"] == "Succeeded"
+
+
+def test_wait_waits_for_the_operator_to_judge_an_edited_spec(
+    jobs: Jobs, pool: str, operator: OperatorProcess
+) -> None:
+    """kubectl wait honours each condition's observedGeneration: an edit the operator has not seen yet does
+    not meet `Ready`, even though the Ready condition of the previous generation is True."""
+    jobs.apply(train_job("edited", pool))
+    jobs.kubectl("wait", "--for=condition=Ready", "mj/edited", "--timeout=60s")
+    operator.stop()
+    try:
+        jobs.kubectl(
+            "patch", "mj", "edited", "--type=merge", "-p", '{"spec":{"env":[{"name":"X","value":"1"}]}}'
+        )
+        stale = jobs.kubectl("wait", "--for=condition=Ready", "mj/edited", "--timeout=2s", check=False)
+        assert stale.returncode != 0 and "timed out" in stale.stderr
+    finally:
+        operator.start()
+    jobs.kubectl("wait", "--for=condition=Ready", "mj/edited", "--timeout=60s")
+    assert jobs.status("edited")["observedGeneration"] == 2
 
 
 def test_scale_changes_the_running_replicas(jobs: Jobs, pool: str) -> None:
