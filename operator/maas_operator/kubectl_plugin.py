@@ -185,14 +185,12 @@ class Cluster:
         self.custom = client.CustomObjectsApi(api)
 
     def raw(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """The raw answer of one API call; CommandError for an API error, or one that reaches no server."""
-        from kubernetes.client.exceptions import ApiException
+        """The raw answer of one API call (ApiException for an HTTP error); CommandError when no server
+        answers."""
         from urllib3.exceptions import HTTPError
 
         try:
             return method(*args, **kwargs, _preload_content=False)
-        except ApiException:
-            raise
         except (HTTPError, OSError) as error:
             raise CommandError(f"cannot reach the API server at {self.host}: {error}") from error
 
@@ -316,6 +314,7 @@ def _lines(response: Any) -> Iterator[str]:
 
 def _logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     cluster = Cluster(args)
     job = cluster.job(args.name)
@@ -347,6 +346,11 @@ def _logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 with lock:
                     out.write(prefix + line)
                     out.flush()
+        except BrokenPipeError:  # our reader left (`| head`): main() ends quietly
+            raise
+        except (HTTPError, OSError) as error:  # the stream broke off (API server gone, connection reset)
+            with lock:
+                failures.append(f"pod {pod}: the log stream broke off: {error}")
         finally:
             response.release_conn()
 
