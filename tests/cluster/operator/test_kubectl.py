@@ -71,7 +71,9 @@ def test_get_shows_why_a_job_waits(jobs: Jobs, pool: str) -> None:
 def test_explain_documents_spec_and_status_fields(cluster: LocalCluster, crd: None) -> None:
     replicas = cluster.kubectl("explain", "maasjob.spec.parallelism.replicas").stdout
     assert "FIELD: replicas <integer>" in replicas
-    assert "kubectl scale" in " ".join(replicas.split()) or "replicas" in replicas
+    assert "Data-parallel replicas of the whole pipeline (the scale subresource)" in " ".join(
+        replicas.split()
+    )
     conditions = " ".join(cluster.kubectl("explain", "mj.status.conditions.type").stdout.split())
     assert "Reconciling" in conditions and "Stalled" in conditions
     observed = " ".join(cluster.kubectl("explain", "mj.status.observedGeneration").stdout.split())
