@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the local control plane (etcd, Kubernetes, kwok, helm) from Go modules into a versioned cache folder.
+# Builds the local control plane (etcd, Kubernetes, kwok, helm) and our kstatus tool from Go modules into a
+# versioned cache folder.
 #
 # Usage: hack/build-control-plane.sh [--print-bin-dir]
 # Builds only what is missing or out of date; the last line printed is the folder holding the binaries.
@@ -33,11 +34,15 @@ k8s_version_flags="-X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERS
   -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${k8s_minor}"
 
 # The key of one binary: its module's pins (comments do not count: editing one must not cost a rebuild),
-# its package and its link flags.
+# our own Go sources in the module folder if it has any (kstatus), its package and its link flags. Never the
+# checkout's path (grep -h), so every clone and worktree shares the cached binaries.
 binary_key() {
   local module=$1 package=$2 ldflags=$3
-  { grep -v -E '^\s*(#|//)' "$tools/$module/go.mod" "$tools/$module/go.sum"; echo "$package $ldflags"; } \
-    | sha256sum | cut -c1-16
+  {
+    grep -h -v -E '^\s*(#|//)' "$tools/$module/go.mod" "$tools/$module/go.sum"
+    find "$tools/$module" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
+    echo "$package $ldflags"
+  } | sha256sum | cut -c1-16
 }
 
 # build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS]
@@ -65,4 +70,6 @@ build kube-controller-manager kubernetes k8s.io/kubernetes/cmd/kube-controller-m
 build kube-scheduler kubernetes k8s.io/kubernetes/cmd/kube-scheduler "$k8s_version_flags"
 build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl "$k8s_version_flags"
 build helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+# Not part of the control plane: our small command around Flux's kstatus library, for the GitOps tests.
+build kstatus kstatus maas.dev/hack/tools/kstatus "-X main.cliUtilsVersion=${CLI_UTILS_VERSION}"
 echo "$bin_dir"

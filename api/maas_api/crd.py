@@ -27,7 +27,7 @@ from maas_api.job import (
 )
 from maas_api.rules import JOB_NAME_CEL_RULES, SPEC_RULES
 from maas_api.spec import MaaSJobSpec
-from maas_api.status import MaaSJobStatus
+from maas_api.status import ConditionType, MaaSJobStatus
 
 Schema = dict[str, Any]
 
@@ -162,7 +162,12 @@ def spec_schema() -> Schema:
 
 
 def status_schema() -> Schema:
-    return model_schema(MaaSJobStatus)
+    schema = model_schema(MaaSJobStatus)
+    # The API server fills in this default when it reads a job the operator has not written yet, so such a
+    # job has `observedGeneration: 0` below its generation: kstatus (Flux) and Argo CD read it as in progress
+    # instead of taking a job with no status at all for a finished one.
+    schema["default"] = {}
+    return schema
 
 
 def build_crd() -> Schema:
@@ -206,6 +211,20 @@ def build_crd() -> Schema:
         },
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {
+            "name": "Restarts",
+            "type": "integer",
+            "jsonPath": ".status.restarts",
+            "priority": 1,
+            "description": "Gang restarts after the job's own failures.",
+        },
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": f'.status.conditions[?(@.type=="{ConditionType.RECONCILING}")].reason',
+            "priority": 1,
+            "description": "Why the job is (or is no longer) on its way: Unschedulable, WorkerFailed, ...",
+        },
         {
             "name": "Strategy",
             "type": "string",

@@ -15,7 +15,8 @@ class ConditionType(StrEnum):
     PLANNED = "Planned"
     """A plan exists and every worker has a place (False with reason Unschedulable otherwise)."""
     READY = "Ready"
-    """All workers run (Train) or every replica serves (Serve). GitOps tools read this one."""
+    """The job is where its spec wants it: all workers run (Train) or every replica serves (Serve), or
+    training has succeeded (reason Succeeded). GitOps tools read this one (kstatus when nothing else decides)."""
     SUCCEEDED = "Succeeded"
     """Training finished."""
     FAILED = "Failed"
@@ -24,6 +25,11 @@ class ConditionType(StrEnum):
     """runPolicy.suspend is true; the job has no pods."""
     RESTARTING = "Restarting"
     """A worker failed with a retryable code; the gang is being restarted."""
+    RECONCILING = "Reconciling"
+    """kstatus's summary (Flux reads it): True while the job is on its way to what its spec asks (planning,
+    starting, restarting, waiting for room); False once it is Ready, Succeeded, Failed or Suspended."""
+    STALLED = "Stalled"
+    """kstatus's summary: True exactly when Failed is (the operator gives up; only a spec edit helps)."""
 
 
 class Phase(StrEnum):
@@ -41,7 +47,7 @@ class Condition(ApiModel):
     """A Kubernetes condition (metav1.Condition)."""
 
     type: str
-    """Condition type (Planned, Ready, Succeeded, Failed, Suspended, Restarting)."""
+    """Condition type (Planned, Ready, Succeeded, Failed, Suspended, Restarting, Reconciling, Stalled)."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
@@ -132,12 +138,13 @@ class Progress(ApiModel):
 class MaaSJobStatus(ApiModel):
     """Observed state of a MaaSJob."""
 
-    observed_generation: int | None = None
-    """The spec generation the status was computed from."""
+    observed_generation: int = 0
+    """The spec generation the status was computed from (0: the operator has not seen the job yet, so GitOps
+    tools read a new job as in progress, not as done)."""
     phase: Phase = Phase.PENDING
     """Summary of the conditions for `kubectl get`."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Planned, Ready, Succeeded, Failed, Suspended, Restarting."""
+    """Planned, Ready, Succeeded, Failed, Suspended, Restarting, and kstatus's Reconciling and Stalled."""
     plan: PlanSummary | None = None
     """The current plan in brief."""
     stages: int | None = None

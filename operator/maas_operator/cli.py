@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 # sub-command -> (module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,14 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maas: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
+    return guard_broken_pipe(lambda: int(module.main(rest)))
+
+
+def guard_broken_pipe(command: Callable[[], int]) -> int:
+    """Runs a command; a reader that closed our stdout early (`maas plan -o json | head`) is not an error."""
     try:
-        result: int = module.main(rest)
+        return command()
     except BrokenPipeError:
-        # `maas plan -o json | head` closed our stdout early: not an error. Point stdout at /dev/null so
-        # the interpreter's final flush does not raise again.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return result
 
 
 if __name__ == "__main__":

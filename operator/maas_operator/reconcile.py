@@ -34,6 +34,7 @@ from maas_operator.status import (
     phase_of,
     plan_summary,
     set_condition,
+    summary_conditions,
     worker_counts,
 )
 from maas_operator.world import WorkerPod
@@ -51,7 +52,8 @@ UNSCHEDULABLE = "Unschedulable"
 NOT_PLAN_INPUTS = frozenset({"run_policy", "failure_policy", "image", "env", "template"})
 
 
-# Every condition type is always present; these are the reasons of a False that nothing has set yet.
+# Every condition type is always present; these are the reasons of a False that nothing has set yet
+# (Reconciling and Stalled are derived from the others, see status.summary_conditions).
 INITIAL_REASONS = {
     ConditionType.PLANNED: "Planning",
     ConditionType.READY: "WorkersNotReady",
@@ -173,6 +175,17 @@ class _Step:
                 self.condition(type_, False, reason, "", quiet=True)
         if self.observed.progress is not None:
             self.status.progress = self.observed.progress
+        # No events for these: they restate the conditions above for kstatus.
+        for summary in summary_conditions(self.status):
+            set_condition(
+                self.status,
+                summary.type,
+                summary.value,
+                summary.reason,
+                summary.message,
+                self.now,
+                self.observed.generation,
+            )
         observe_generation(self.status, self.observed.generation)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation
@@ -352,7 +365,9 @@ def _heal(step: _Step, spec: MaaSJobSpec, plan: Plan) -> Decision | None:
         step.event("Warning", failure.reason, message)
     if spec.mode == Mode.TRAIN and succeeded:
         step.condition(ConditionType.SUCCEEDED, True, "AllWorkersSucceeded", "every worker exited 0")
-        step.condition(ConditionType.READY, False, "Succeeded", "training finished")
+        # Ready stays the summary GitOps tools read (kstatus falls back to it): a finished job is where its
+        # spec wants it. Quiet: Succeeded tells the news.
+        step.condition(ConditionType.READY, True, "Succeeded", "training finished", quiet=True)
         step.condition(ConditionType.RESTARTING, False, "Succeeded", "training finished")
         step.status.completion_time = step.now
         step.status.restart_at = None
@@ -381,6 +396,13 @@ def _plan_problem(step: _Step, spec: MaaSJobSpec, plan: Plan | None, inputs: str
     return None
 
 
+def previous_placement(plan: Plan | None, nodes: Sequence[Node]) -> dict[str, str]:
+    """Worker -> node of `plan` for the workers whose node is still there and Ready: a new plan keeps them
+    where they are (`build_plan`'s `previous`)."""
+    ready = {node.name for node in nodes if node.ready}
+    return {w.name: w.node for w in (plan.workers if plan else []) if w.node and w.node in ready}
+
+
 def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     """The plan the children follow: the stored one while valid, else a new one; None when none places."""
     observed = step.observed
@@ -390,9 +412,7 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     if problem is None and old is not None:
         _record_plan(step, old)
         return old
-    previous = {
-        w.name: w.node for w in (old.workers if old else []) if w.node and w.node not in step.lost_nodes
-    }
+    previous = previous_placement(old, observed.nodes)
     try:
         plan = build_plan(
             spec,

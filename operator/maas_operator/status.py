@@ -118,7 +118,56 @@ def phase_of(status: MaaSJobStatus) -> Phase:
     return Phase.PENDING
 
 
-def plan_summary(plan: Plan) -> PlanSummary:
+@dataclass(frozen=True)
+class Summary:
+    """The value of one of kstatus's summary conditions (Reconciling, Stalled), derived from the others."""
+
+    type: ConditionType
+    value: bool
+    reason: str
+    message: str
+
+
+# The conditions after which the operator has nothing left to do (until the spec changes).
+_SETTLED = (ConditionType.FAILED, ConditionType.SUCCEEDED, ConditionType.SUSPENDED)
+
+
+def summary_conditions(status: MaaSJobStatus) -> tuple[Summary, Summary]:
+    """kstatus's abnormal-true conditions, from the job's own: Flux (kstatus) reads a custom resource as
+    InProgress while Reconciling is True, Failed while Stalled is True, and Current otherwise.
+
+    Reconciling is True until the job is Failed, Succeeded or Suspended, or Ready with a plan for its current
+    spec (a running job whose scaled spec does not fit yet is still on its way); its reason and message are
+    those of the condition that explains it. Stalled mirrors Failed. The two are never True together.
+    """
+    failed = condition(status, ConditionType.FAILED)
+    stalled = Summary(
+        ConditionType.STALLED,
+        failed is not None and failed.status == "True",
+        failed.reason if failed is not None else "NoFailure",
+        failed.message if failed is not None else "",
+    )
+    for type_ in _SETTLED:
+        settled = condition(status, type_)
+        if settled is not None and settled.status == "True":
+            return Summary(ConditionType.RECONCILING, False, settled.reason, settled.message), stalled
+    planned = condition(status, ConditionType.PLANNED)
+    restarting = condition(status, ConditionType.RESTARTING)
+    ready = condition(status, ConditionType.READY)
+    if planned is None or planned.status != "True":
+        why = planned
+    elif restarting is not None and restarting.status == "True":
+        why = restarting
+    elif ready is not None and ready.status == "True":
+        return Summary(ConditionType.RECONCILING, False, ready.reason, ready.message), stalled
+    else:
+        why = ready
+    reason, message = (why.reason, why.message) if why is not None else ("Planning", "")
+    return Summary(ConditionType.RECONCILING, True, reason, message), stalled
+
+
+def plan_summary(plan: Plan, max_workers: int | None = MAX_WORKERS_IN_STATUS) -> PlanSummary:
+    """The plan in brief, with at most `max_workers` workers (None: all of them, for `kubectl maas status`)."""
     gpus_per_stage: dict[int, int] = {}
     for worker in plan.workers:
         for stage in worker.stages:
@@ -135,7 +184,7 @@ def plan_summary(plan: Plan) -> PlanSummary:
         ],
         workers=[
             WorkerSummary(name=w.name, replica=w.replica, stages=w.stages, node=w.node)
-            for w in plan.workers[:MAX_WORKERS_IN_STATUS]
+            for w in plan.workers[:max_workers]
         ],
         replicas=plan.replicas,
         microbatches=plan.microbatches,

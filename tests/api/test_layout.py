@@ -35,3 +35,17 @@ def test_operator_cli_does_not_import_torch() -> None:
 def test_the_whole_operator_does_not_import_torch() -> None:
     loaded = _modules_loaded_by("import maas_operator.handlers, maas_operator.main")
     assert "kopf" in loaded and "torch" not in loaded
+
+
+def test_the_kubectl_plugin_imports_neither_kopf_nor_torch() -> None:
+    loaded = _modules_loaded_by("import maas_operator.kubectl_plugin")
+    assert not {"kopf", "torch", "kubernetes_asyncio"} & loaded
+
+
+def test_the_kubectl_plugin_is_a_console_script_named_as_kubectl_finds_plugins() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["kubectl-maas"].split(":")
+    assert callable(getattr(importlib.import_module(module), function))

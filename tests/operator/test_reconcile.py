@@ -54,7 +54,16 @@ def test_the_job_becomes_ready_when_every_worker_runs_and_then_nothing_changes()
 def test_every_condition_type_is_present_with_the_generation() -> None:
     world = running_world()
     types = {c.type: c for c in world.status.conditions}
-    assert set(types) == {"Planned", "Ready", "Succeeded", "Failed", "Suspended", "Restarting"}
+    assert set(types) == {
+        "Planned",
+        "Ready",
+        "Succeeded",
+        "Failed",
+        "Suspended",
+        "Restarting",
+        "Reconciling",
+        "Stalled",
+    }
     assert all(c.observed_generation == 1 for c in types.values())
 
 
@@ -150,6 +159,8 @@ def test_every_worker_exiting_zero_is_success() -> None:
         world.exit(name, 0)
     decision = world.step()
     assert world.condition("Succeeded") == ("True", "AllWorkersSucceeded")
+    assert world.condition("Ready") == ("True", "Succeeded")
+    assert [e.reason for e in decision.events] == ["AllWorkersSucceeded"]
     assert world.status.phase == "Succeeded"
     assert {d.name for d in decision.delete_pods} == set(WORKERS)
     assert decision.requeue_after == 30 and not decision.delete_job

@@ -28,11 +28,11 @@ EXIT_UNSCHEDULABLE = 3
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise _InvalidInputError(f"maas plan: {message}")
+        raise InputError(message)
 
 
-class _InvalidInputError(Exception):
-    pass
+class InputError(Exception):
+    """Input that cannot be read: a file, its YAML, or not exactly one MaaSJob in it (the message says which)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,25 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read(path: str) -> str:
+def read_input(path: str) -> str:
+    """A file's text, or standard input's for `-`."""
     if path == "-":
         return sys.stdin.read()
     try:
         return Path(path).read_text()
     except OSError as error:
-        raise _InvalidInputError(f"maas plan: cannot read {path}: {error.strerror}") from error
+        raise InputError(f"cannot read {path}: {error.strerror}") from error
 
 
-def _load_manifest(path: str) -> dict[str, Any]:
+def load_job_manifest(path: str) -> dict[str, Any]:
+    """The one MaaSJob in a file (YAML, read as kubectl reads it), not validated yet."""
     try:  # read as kubectl reads it, so the plan is of what `kubectl apply` would store
-        documents = list(load_manifests(_read(path)))
+        documents = list(load_manifests(read_input(path)))
     except (ManifestYAMLError, ValueError) as error:  # ValueError: an integer of more than 4,300 digits
-        raise _InvalidInputError(f"maas plan: {path}: {error}") from error
+        raise InputError(f"{path}: {error}") from error
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "MaaSJob"]
     if len(jobs) != 1:
         candidates = jobs or documents
         if len(candidates) != 1 or not isinstance(candidates[0], dict):
-            raise _InvalidInputError(f"maas plan: {path} must hold exactly one MaaSJob, found {len(jobs)}")
+            raise InputError(f"{path} must hold exactly one MaaSJob, found {len(jobs)}")
         jobs = candidates
     manifest: dict[str, Any] = jobs[0]
     return manifest
@@ -73,11 +75,11 @@ def _load_manifest(path: str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
-        job = parse_maasjob(_load_manifest(args.filename))
-        nodes = load_nodes(_read(args.nodes), args.nodes) if args.nodes else None
+        job = parse_maasjob(load_job_manifest(args.filename))
+        nodes = load_nodes(read_input(args.nodes), args.nodes) if args.nodes else None
         plan = build_plan(job, nodes=nodes)
-    except _InvalidInputError as error:
-        print(error, file=sys.stderr)
+    except InputError as error:
+        print(f"maas plan: {error}", file=sys.stderr)
         return EXIT_INVALID
     except ManifestError as error:
         print(f"maas plan: {error}", file=sys.stderr)

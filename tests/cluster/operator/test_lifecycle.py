@@ -57,7 +57,8 @@ def test_all_workers_exit_0_so_the_job_succeeds_and_keeps_its_finished_pods(jobs
     status = jobs.wait_phase("ok", "Succeeded")
     succeeded = condition(status, "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("True", "AllWorkersSucceeded")
-    assert condition(status, "Ready")["status"] == "False"
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Succeeded")  # where its spec wants it: done
     assert condition(status, "Failed")["status"] == "False"
     assert status["completionTime"] >= status["startTime"]
     assert status["restarts"] == 0
@@ -277,6 +278,8 @@ def test_conditions_carry_the_generation_they_were_computed_from(jobs: Jobs, poo
         "Failed",
         "Suspended",
         "Restarting",
+        "Reconciling",
+        "Stalled",
     }
     assert {c["observedGeneration"] for c in conditions} == {2}
     # The edit changed the pods (env), not the plan: the new pods carry the variable.
