@@ -302,5 +302,7 @@ class WorldCache:
             now=now,
             replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
             # Someone's edit that is not a count: no surge (the plan is re-made from the spec anyway).
-            plan_surge=int(surge) if surge.isdigit() and plan is not None and int(surge) < plan.replicas else 0,
+            plan_surge=int(surge)
+            if surge.isdigit() and plan is not None and int(surge) < plan.replicas
+            else 0,
         )

@@ -632,7 +632,7 @@ def _surge(step: _Step, spec: MaaSJobSpec, plan: Plan) -> tuple[Plan, int]:
     rollout waits). Returns the plan the children follow and its surge."""
     surge = step.surge
     replicas = plan.replicas - surge
-    layout = serving.slots(step.gang_pods(spec, plan), step.observed.pods)
+    layout = serving.slots(step.gang_pods(spec, plan), step.observed.pods, step.lost_nodes)
     minimum = serving.minimum_serving(replicas, spec)
     choice = serving.choose(layout, replicas, minimum, False, 0, step.now)
     if choice.to_roll and not _rollout_stopped(step, spec):
@@ -671,7 +671,7 @@ def _serve_children(step: _Step, spec: MaaSJobSpec, plan: Plan, surge: int) -> N
     observed = step.observed
     replicas = plan.replicas - surge
     minimum = serving.minimum_serving(replicas, spec)
-    layout = serving.slots(step.gang_pods(spec, plan), observed.pods)
+    layout = serving.slots(step.gang_pods(spec, plan), observed.pods, step.lost_nodes)
     choice = serving.choose(
         layout, replicas, minimum, _rollout_stopped(step, spec), spec.serving.drain_seconds, step.now
     )

@@ -20,7 +20,7 @@ Rules, one reconcile at a time:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -59,16 +59,25 @@ def entry_of(pods: Sequence[WorkerPod]) -> WorkerPod | None:
     return next((p for p in pods if p.pipeline_rank == 0), None)
 
 
-def pipeline_up(pods: Sequence[WorkerPod], size: int | None) -> bool:
-    """Every one of the gang's `size` workers exists, runs and is ready, all of one gang, none leaving."""
+def worker_up(pod: WorkerPod, lost_nodes: Collection[str]) -> bool:
+    """Runs and is ready, is not leaving, and its node is not lost (whose pods no kubelet reports on)."""
+    return (
+        pod.phase == "Running"
+        and pod.containers_ready
+        and not pod.gated
+        and not pod.terminating
+        and pod.node not in lost_nodes
+    )
+
+
+def pipeline_up(pods: Sequence[WorkerPod], size: int | None, lost_nodes: Collection[str] = ()) -> bool:
+    """Every one of the gang's `size` workers exists and is up, all of one gang."""
     return (
         size is not None
         and size > 0
         and len(pods) == size
         and len({p.gang for p in pods}) == 1
-        and all(
-            p.phase == "Running" and p.containers_ready and not p.gated and not p.terminating for p in pods
-        )
+        and all(worker_up(p, lost_nodes) for p in pods)
     )
 
 
@@ -94,6 +103,7 @@ class Slot:
     """Pods of the wanted gang."""
     stale: tuple[WorkerPod, ...]
     """Every other pod in the slot."""
+    lost_nodes: frozenset[str] = frozenset()
 
     @property
     def live_stale(self) -> list[WorkerPod]:
@@ -101,7 +111,7 @@ class Slot:
 
     @property
     def current_up(self) -> bool:
-        return not self.stale and pipeline_up(self.current, len(self.desired))
+        return not self.stale and pipeline_up(self.current, len(self.desired), self.lost_nodes)
 
     @property
     def current_serving(self) -> bool:
@@ -110,14 +120,19 @@ class Slot:
     @property
     def stale_serving(self) -> bool:
         live = self.live_stale
-        return bool(live) and in_service(live, pipeline_up(live, live[0].gang_size)) and not draining(live)
+        up = pipeline_up(live, live[0].gang_size, self.lost_nodes) if live else False
+        return up and in_service(live, up) and not draining(live)
 
     @property
     def serving(self) -> bool:
         return self.current_serving or self.stale_serving
 
 
-def slots(gangs: Sequence[tuple[Gang, Sequence[Manifest]]], pods: Sequence[WorkerPod]) -> list[Slot]:
+def slots(
+    gangs: Sequence[tuple[Gang, Sequence[Manifest]]],
+    pods: Sequence[WorkerPod],
+    lost_nodes: Collection[str] = (),
+) -> list[Slot]:
     """Every slot that the plan has or that holds pods, by index (pods without a replica label: slot -1)."""
     by_index: dict[int, list[WorkerPod]] = {}
     for pod in pods:
@@ -131,7 +146,7 @@ def slots(gangs: Sequence[tuple[Gang, Sequence[Manifest]]], pods: Sequence[Worke
         members = by_index.get(index, [])
         current = tuple(p for p in members if gang is not None and p.name in names_ and p.gang == gang_hash)
         stale = tuple(p for p in members if p not in current)
-        result.append(Slot(index, gang, tuple(desired), current, stale))
+        result.append(Slot(index, gang, tuple(desired), current, stale, frozenset(lost_nodes)))
     return result
 
 
@@ -178,11 +193,7 @@ class Choice:
 
 def _stage_down_message(slot: Slot) -> str:
     missing = len(slot.desired) - len(slot.current)
-    down = sorted(
-        p.name
-        for p in slot.current
-        if not (p.phase == "Running" and p.containers_ready and not p.gated and not p.terminating)
-    )
+    down = sorted(p.name for p in slot.current if not worker_up(p, slot.lost_nodes))
     parts = ([f"{missing} worker(s) missing"] if missing else []) + (
         [f"not ready: {', '.join(down)}"] if down else []
     )

@@ -13,6 +13,7 @@ from maas_api.job import parse_maasjob
 from maas_api.plan import Plan
 from maas_api.spec import MaaSJobSpec
 from maas_api.status import MaaSJobStatus
+from maas_devcluster.simulation import CONTAINERS_READY_ANNOTATION
 from maas_operator import names
 from maas_operator.children import JobRef
 from maas_operator.planner import Node
@@ -45,8 +46,8 @@ def train_manifest(replicas: int = 1, stages: int = 3, **spec: Any) -> dict[str,
     return {"apiVersion": "maas.dev/v1alpha1", "kind": "MaaSJob", "metadata": {"name": "job"}, "spec": body}
 
 
-def serve_manifest(replicas: int = 2) -> dict[str, Any]:
-    return {
+def serve_manifest(replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
         "apiVersion": "maas.dev/v1alpha1",
         "kind": "MaaSJob",
         "metadata": {"name": "svc"},
@@ -59,6 +60,8 @@ def serve_manifest(replicas: int = 2) -> dict[str, Any]:
             "resources": {"gpus": 1},
         },
     }
+    manifest["spec"].update(spec)
+    return manifest
 
 
 @dataclass
@@ -166,7 +169,10 @@ class FakeWorld:
         pod = self.pods.get(name)
         if pod is None:
             return
-        pod["status"] = {"phase": "Running", "conditions": [{"type": "ContainersReady", "status": "True"}]}
+        # As kwok's Stages do: a pod annotated containers-ready "false" runs, but its worker never gets ready.
+        up = (pod["metadata"].get("annotations") or {}).get(CONTAINERS_READY_ANNOTATION) != "false"
+        status = "True" if up else "False"
+        pod["status"] = {"phase": "Running", "conditions": [{"type": "ContainersReady", "status": status}]}
         self._kubelet_ready(pod)
 
     def set_condition(self, name: str, type_: str, value: bool, reason: str = "") -> None:
