@@ -30,8 +30,8 @@ from maas_operator import children, names
 from maas_operator.children import Gang, Manifest
 from maas_operator.world import WorkerPod
 
-REPLICA_COUNT_FIELDS = frozenset({"replicas", "min_replicas", "max_replicas"})
-"""parallelism fields that change how many replicas run, not what a replica runs."""
+TIME_RESOLUTION_SECONDS = 1
+"""Kubernetes keeps condition times in whole seconds."""
 
 
 def revision(spec: MaaSJobSpec) -> str:
@@ -213,7 +213,9 @@ def choose(
     serving, `stopped` whether the rollout stopped (no more old replicas leave)."""
     choice = Choice()
     serving = {slot.index for slot in layout if slot.serving}
-    drain = timedelta(seconds=drain_seconds)
+    # The drain counts from the gate's lastTransitionTime, which the API server keeps in whole seconds:
+    # one second more makes sure the replica had at least drainSeconds out of the endpoint.
+    drain = timedelta(seconds=drain_seconds + TIME_RESOLUTION_SECONDS)
 
     def start_drain(slot: Slot, live: list[WorkerPod], why: str) -> None:
         entry = entry_of(live)

@@ -246,11 +246,13 @@ def test_scaling_a_serve_job_touches_only_the_replicas_that_change() -> None:
     world.edit(parallelism={"replicas": 1, "schedule": "GPipe"})
     down = world.step()
     # Replica 2 never served (its gate was not yet opened): it goes at once. Replica 1 serves: it leaves the
-    # endpoint first, and its pods go serving.drainSeconds (5) later.
+    # endpoint first, and its pods go serving.drainSeconds (5) later (+1: condition times have whole seconds).
     assert {d.name for d in down.delete_pods} == {"svc-r2-s0", "svc-r2-s1"}
     assert [(c.pod, c.status, c.reason) for c in down.pod_conditions] == [("svc-r1-s0", False, "Draining")]
-    assert down.requeue_after == 5.0
+    assert down.requeue_after == 6.0
     world.later(5)
+    assert not world.step().delete_pods
+    world.later(1)
     drained = world.step()
     assert {d.name for d in drained.delete_pods} == {"svc-r1-s0", "svc-r1-s1"}
     world.step()
