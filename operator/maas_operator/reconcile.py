@@ -320,6 +320,8 @@ def _suspend(step: _Step) -> Decision:
     step.status.restart_at = None
     step.status.workers = worker_counts(step.status.workers.total, [])
     step.status.ready_workers = f"0/{step.status.workers.total}"
+    if step.status.ready_replicas is not None:
+        step.status.ready_replicas = 0
     return step.finish()
 
 

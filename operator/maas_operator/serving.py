@@ -184,8 +184,6 @@ class Choice:
     """Every slot below spec replicas is current and serves."""
     settled: bool = False
     """core_serving, and no other slot holds pods."""
-    held_back: int = 0
-    """Old replicas that would be replaced but for the availability budget or a stopped rollout."""
 
     def later(self, when: datetime) -> None:
         self.recheck_at = when if self.recheck_at is None else min(self.recheck_at, when)
@@ -219,10 +217,8 @@ def choose(
 
     def start_drain(slot: Slot, live: list[WorkerPod], why: str) -> None:
         entry = entry_of(live)
+        assert entry is not None  # it serves, so it has an entry
         serving.discard(slot.index)
-        if entry is None:
-            choice.delete += live
-            return
         choice.gates.append(GateChange(entry.name, False, names.DRAINING, why))
         choice.later(now + drain)
 
@@ -257,8 +253,6 @@ def choose(
                 slot.live_stale,
                 f"replica {slot.index} is replaced by the new revision: leaving the endpoint first",
             )
-        else:
-            choice.held_back += 1
     choice.to_roll = sum(
         1
         for slot in layout

@@ -24,7 +24,9 @@ Obj = dict[str, Any]
 
 
 def _true(pod: Obj, type_: str) -> bool:
-    return any(c["type"] == type_ and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
+    return any(
+        c["type"] == type_ and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
+    )
 
 
 def _labels(pod: Obj) -> dict[str, str]:
@@ -121,7 +123,9 @@ class EndpointRecord:
 
     def _list_slices(self, **kwargs: Any) -> Any:
         selector = f"kubernetes.io/service-name={names.endpoint_service_name(self.job)}"
-        return self.discovery_v1.list_namespaced_endpoint_slice(self.namespace, label_selector=selector, **kwargs)
+        return self.discovery_v1.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=selector, **kwargs
+        )
 
     def _watch(self, lister: Callable[..., Any], handle: Callable[[str, Obj], None]) -> None:
         serialize = self.core_v1.api_client.sanitize_for_serialization
@@ -187,7 +191,9 @@ class EndpointRecord:
             self._ready = ready
             self.samples.append(Sample(now, ready, f"{event_type} {name}"))
             if self.armed:
-                self.fewest_ready = min(len(ready), self.fewest_ready if self.fewest_ready is not None else len(ready))
+                self.fewest_ready = min(
+                    len(ready), self.fewest_ready if self.fewest_ready is not None else len(ready)
+                )
             if self.armed and len(ready) < self.minimum:
                 self.violations.append(f"{len(ready)} ready endpoints, minimum {self.minimum}: {ready}")
             for entry in ready:

@@ -18,7 +18,7 @@ from maas_operator import names
 
 from tests.cluster.operator.endpoints import EndpointRecord
 from tests.cluster.operator.gangs import events, uids, worker_names
-from tests.cluster.operator.support import TEST_POOL_LABEL, Jobs
+from tests.cluster.operator.support import TEST_POOL_LABEL, Jobs, load_example
 
 pytestmark = pytest.mark.cluster
 
@@ -67,7 +67,9 @@ def wait_status(jobs: Jobs, name: str, timeout: float = 90.0, **fields: Any) -> 
     try:
         result: dict[str, Any] = jobs.wait(f"{name}: status {fields}", probe, timeout=timeout)
     except AssertionError as error:
-        raise AssertionError(f"{error}\nlast status: {json.dumps(jobs.status(name), indent=1)[:3000]}") from None
+        raise AssertionError(
+            f"{error}\nlast status: {json.dumps(jobs.status(name), indent=1)[:3000]}"
+        ) from None
     return result
 
 
@@ -75,7 +77,9 @@ def serving_pods(jobs: Jobs, name: str) -> list[dict[str, Any]]:
     return [p for p in jobs.pods(name) if not p["metadata"].get("deletionTimestamp")]
 
 
-def start_serving(jobs: Jobs, record: EndpointRecord, manifest: dict[str, Any], replicas: int) -> dict[str, str]:
+def start_serving(
+    jobs: Jobs, record: EndpointRecord, manifest: dict[str, Any], replicas: int
+) -> dict[str, str]:
     jobs.apply(manifest)
     record.wait_ready(entries("serve", range(replicas)), timeout=90)
     wait_status(jobs, "serve", readyReplicas=replicas, Ready=("True", "MinimumReplicasServing"))
@@ -95,8 +99,8 @@ def test_the_endpoint_holds_exactly_the_replicas_whose_whole_pipeline_is_ready(
     jobs: Jobs, pool: str, core_v1: k8s.CoreV1Api, record: EndpointRecord
 ) -> None:
     start_serving(jobs, record, serve_job("serve", pool, 2), 2)
-    service = core_v1.read_namespaced_service(names.endpoint_service_name("serve"), jobs.namespace)
-    assert service.spec.type == "ClusterIP" and service.spec.cluster_ip not in (None, "None")
+    service = core_v1.read_namespaced_service(names.endpoint_service_name("serve"), jobs.namespace).spec
+    assert service is not None and service.type == "ClusterIP" and service.cluster_ip not in (None, "None")
     status = jobs.status("serve")
     assert status["endpoint"] == f"http://serve-endpoint.{jobs.namespace}.svc:8080"
     assert status["selector"] == "maas.dev/job=serve,maas.dev/stage=0"
@@ -125,7 +129,9 @@ def test_a_rolling_update_to_another_split_keeps_every_replica_serving(
     started = time.monotonic()
     jobs.apply(serve_job("serve", pool, 2, stages=3))
     wait_status(jobs, "serve", timeout=120, Progressing=("True", "RollingUpdate"))
-    status = wait_status(jobs, "serve", timeout=120, Progressing=("False", "RolloutComplete"), readyReplicas=2)
+    status = wait_status(
+        jobs, "serve", timeout=120, Progressing=("False", "RolloutComplete"), readyReplicas=2
+    )
     took = time.monotonic() - started
     pods = serving_pods(jobs, "serve")
     assert sorted(uids(pods)) == worker_names("serve", 2, 3)
@@ -198,7 +204,9 @@ def test_scaling_adds_replicas_to_the_endpoint_and_removes_them_gracefully(
     jobs.kubectl("scale", "mj/serve", "--replicas=1")
     record.wait_ready(entries("serve", [0]))
     wait_status(jobs, "serve", replicas=1, readyReplicas=1, Ready=("True", "MinimumReplicasServing"))
-    jobs.wait("only replica 0's pods", lambda: sorted(uids(jobs.pods("serve"))) == worker_names("serve", 1, 2))
+    jobs.wait(
+        "only replica 0's pods", lambda: sorted(uids(jobs.pods("serve"))) == worker_names("serve", 1, 2)
+    )
     check_graceful(record, entries("serve", [1, 2]))
     record.assert_clean()
 
@@ -211,8 +219,10 @@ def test_a_failed_worker_replaces_its_replica_while_the_other_serves(
     jobs.kubectl("annotate", "pod", "serve-r1-s1", *[f"{k}={v}" for k, v in exit_annotations(75).items()])
     jobs.wait(
         "replica 1 made again",
-        lambda: {n for n, uid in uids(serving_pods(jobs, "serve")).items() if old.get(n) != uid}
-        == {"serve-r1-s0", "serve-r1-s1"},
+        lambda: (
+            {n for n, uid in uids(serving_pods(jobs, "serve")).items() if old.get(n) != uid}
+            == {"serve-r1-s0", "serve-r1-s1"}
+        ),
     )
     record.wait_ready(entries("serve", [0, 1]))
     status = wait_status(jobs, "serve", readyReplicas=2)
@@ -228,30 +238,17 @@ def test_a_horizontal_pod_autoscaler_reads_the_scale_subresource(
     jobs: Jobs, pool: str, record: EndpointRecord, admin_api: k8s.ApiClient
 ) -> None:
     start_serving(jobs, record, serve_job("serve", pool, 2), 2)
-    hpa = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "serve"},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "maas.dev/v1alpha1", "kind": "MaaSJob", "name": "serve"},
-            "minReplicas": 1,
-            "maxReplicas": 4,
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": "maas_serve_requests_in_flight"},
-                        "target": {"type": "AverageValue", "averageValue": "4"},
-                    },
-                }
-            ],
-        },
-    }
+    # The example's HPA, pointed at this test's job.
+    hpa = load_example("serve-autoscaling.yaml")
+    hpa["metadata"]["name"] = "serve"
+    hpa["spec"]["scaleTargetRef"]["name"] = "serve"
     jobs.apply(hpa)
     autoscaling = k8s.AutoscalingV2Api(admin_api)
 
     def read_scale() -> Any:
         status = autoscaling.read_namespaced_horizontal_pod_autoscaler("serve", jobs.namespace).status
+        if status is None:
+            return None
         conditions = {c.type: c for c in status.conditions or []}
         able = conditions.get("AbleToScale")
         return status if able is not None and able.status == "True" and status.current_replicas else None
