@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -110,10 +111,13 @@ def _nested_object_defaults(schema: Schema, model: type[BaseModel]) -> None:
         alias = field.alias or name
         prop = schema["properties"][alias]
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        # An optional section (`X | None`) gets no default itself, but once given, its own sections do.
+        optional = get_origin(annotation) in (Union, UnionType)
+        members = [a for a in get_args(annotation) if a is not type(None)] if optional else [annotation]
+        if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
             if field.default_factory is not None:
                 prop["default"] = {}
-            _nested_object_defaults(prop, annotation)
+            _nested_object_defaults(prop, members[0])
 
 
 def model_schema(model: type[BaseModel]) -> Schema:

@@ -238,6 +238,17 @@ SPEC_RULES: tuple[SpecRule, ...] = (
         message="mode Serve needs serving (at least `serving: {}` for the defaults)",
         holds=lambda s: s.mode != "Serve" or s.serving is not None,
     ),
+    SpecRule(
+        name="rollout-can-progress",
+        field_path="serving.rollout.maxSurge",
+        cel="!has(self.serving) || !has(self.serving.rollout)"
+        " || self.serving.rollout.maxSurge + self.serving.rollout.maxUnavailable > 0",
+        message="serving.rollout.maxSurge and serving.rollout.maxUnavailable cannot both be 0: a rollout could"
+        " then replace no replica (set maxSurge 1 to roll with one extra replica, or maxUnavailable 1)",
+        holds=lambda s: (
+            s.serving is None or s.serving.rollout.max_surge + s.serving.rollout.max_unavailable > 0
+        ),
+    ),
     _only_in_mode("serving", "Serve"),
     _only_in_mode("training", "Train"),
     _only_in_mode("checkpoint", "Train"),

@@ -307,6 +307,21 @@ class CheckpointSpec(ApiModel):
     """Save every this many steps (and always on SIGTERM)."""
 
 
+class RolloutSpec(ApiModel):
+    """How a change of the workers (image, model, split, resources, env, template) rolls over a Serve job's
+    replicas: one whole replica (its pipeline) at a time, never below replicas - maxUnavailable serving."""
+
+    max_unavailable: int = Field(default=0, ge=0, le=MAX_CLUSTER_PODS)
+    """Replicas that may be out of service during a rollout: at least parallelism.replicas - maxUnavailable
+    replicas (and at least one) keep serving, and Ready holds while they do."""
+    max_surge: int = Field(default=1, ge=0, le=MAX_CLUSTER_PODS)
+    """Replicas of the new revision that may run beside all the old ones during a rollout (each needs GPUs of
+    its own; when they do not fit, the rollout goes on with maxUnavailable alone)."""
+    progress_deadline_seconds: int = Field(default=600, ge=1, le=MAX_SECONDS)
+    """A rollout in which no new replica starts serving for this long stops (condition Progressing=False,
+    reason ProgressDeadlineExceeded); the old replicas keep serving. A new spec starts a new rollout."""
+
+
 class ServingSpec(ApiModel):
     """HTTP serving settings (mode Serve)."""
 
@@ -317,6 +332,11 @@ class ServingSpec(ApiModel):
     parallelism.microbatches microbatches)."""
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10000)
     """How long a request waits for others to fill a batch."""
+    drain_seconds: int = Field(default=5, ge=0, le=3600)
+    """A replica being removed (rollout, scale-down) leaves the endpoint first; its workers get SIGTERM this
+    many seconds later, and finish the requests they hold before they exit."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """Rolling updates: maxUnavailable, maxSurge, progressDeadlineSeconds."""
 
 
 class ResourcesSpec(ApiModel):

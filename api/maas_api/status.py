@@ -15,8 +15,9 @@ class ConditionType(StrEnum):
     PLANNED = "Planned"
     """A plan exists and every worker has a place (False with reason Unschedulable otherwise)."""
     READY = "Ready"
-    """The job is where its spec wants it: all workers run (Train) or every replica serves (Serve), or
-    training has succeeded (reason Succeeded). GitOps tools read this one (kstatus when nothing else decides)."""
+    """The job is where its spec wants it: all workers run (Train), or at least replicas -
+    serving.rollout.maxUnavailable replicas (and one) serve (Serve), or training has succeeded (reason
+    Succeeded). GitOps tools read this one (kstatus when nothing else decides)."""
     SUCCEEDED = "Succeeded"
     """Training finished."""
     FAILED = "Failed"
@@ -30,6 +31,9 @@ class ConditionType(StrEnum):
     starting, restarting, waiting for room); False once it is Ready, Succeeded, Failed or Suspended."""
     STALLED = "Stalled"
     """kstatus's summary: True exactly when Failed is (the operator gives up; only a spec edit helps)."""
+    PROGRESSING = "Progressing"
+    """Serve: a rollout replaces old replicas (False once done, or when it stopped: reason
+    ProgressDeadlineExceeded or RolloutFailed)."""
 
 
 class Phase(StrEnum):
@@ -47,7 +51,8 @@ class Condition(ApiModel):
     """A Kubernetes condition (metav1.Condition)."""
 
     type: str
-    """Condition type (Planned, Ready, Succeeded, Failed, Suspended, Restarting, Reconciling, Stalled)."""
+    """Condition type (Planned, Ready, Succeeded, Failed, Suspended, Restarting, Progressing, Reconciling,
+    Stalled)."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
@@ -135,6 +140,20 @@ class Progress(ApiModel):
     """When the operator read it from the job's first worker."""
 
 
+class RolloutStatus(ApiModel):
+    """The last rollout of a Serve job: a change of its workers, rolled replica by replica."""
+
+    revision: str
+    """Hash of the spec being rolled out (every field but the replica counts)."""
+    start_time: datetime
+    """When the rollout began."""
+    last_progress_time: datetime
+    """When a replica of the new revision last started serving (serving.rollout.progressDeadlineSeconds counts
+    from here)."""
+    updated_serving: int = 0
+    """Replicas of the new revision serving at that moment."""
+
+
 class MaaSJobStatus(ApiModel):
     """Observed state of a MaaSJob."""
 
@@ -144,7 +163,8 @@ class MaaSJobStatus(ApiModel):
     phase: Phase = Phase.PENDING
     """Summary of the conditions for `kubectl get`."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Planned, Ready, Succeeded, Failed, Suspended, Restarting, and kstatus's Reconciling and Stalled."""
+    """Planned, Ready, Succeeded, Failed, Suspended, Restarting, Progressing, and kstatus's Reconciling and
+    Stalled."""
     plan: PlanSummary | None = None
     """The current plan in brief."""
     stages: int | None = None
@@ -171,6 +191,13 @@ class MaaSJobStatus(ApiModel):
     completion_time: datetime | None = None
     """When the job succeeded or failed."""
     endpoint: str | None = None
-    """In-cluster URL of the serving endpoint (mode Serve)."""
+    """In-cluster URL of the serving endpoint (mode Serve): a Service whose endpoints are the first-stage
+    workers of the replicas whose whole pipeline is ready."""
+    ready_replicas: int | None = None
+    """Serve: replicas serving (every stage ready, in the endpoint)."""
+    updated_replicas: int | None = None
+    """Serve: replicas whose workers have the current spec (the rest are old replicas of a rollout)."""
+    rollout: RolloutStatus | None = None
+    """Serve: the last rollout."""
     progress: Progress | None = None
     """Training progress."""

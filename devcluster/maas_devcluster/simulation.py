@@ -4,7 +4,10 @@ The Stages in `kwok/stages.yaml` read these annotations; this module is the one 
 (a unit test checks that the Stages use exactly these names).
 
 Fates of a pod bound to a fake node:
-- No annotation: the pod becomes Running and Ready and stays so, like a model server.
+- No annotation: the pod becomes Running and its containers ready, like a model server. Ready follows as a
+  kubelet computes it: containers ready and every readiness gate (a pod condition someone else sets) True.
+- `CONTAINERS_READY_ANNOTATION: "false"`: the pod runs but its containers are not ready (a readiness probe
+  that fails, a stage down); removing the annotation (or any other value) makes them ready. Ready follows.
 - `EXIT_CODE_ANNOTATION: "N"`: every container terminates with exit code N (reason `Completed` for 0,
   `Error` otherwise), the pod turns `Succeeded` (N = 0) or `Failed`, and Ready turns False. Restarts are not
   simulated: the fate is final whatever `restartPolicy` says, as for the operator's workers.
@@ -29,7 +32,13 @@ SIMULATION_PREFIX = "sim.maas.dev/"
 NODE_READY_ANNOTATION = f"{SIMULATION_PREFIX}node-ready"
 EXIT_CODE_ANNOTATION = f"{SIMULATION_PREFIX}exit-code"
 EXIT_AFTER_SECONDS_ANNOTATION = f"{SIMULATION_PREFIX}exit-after-seconds"
-ALL_ANNOTATIONS = (NODE_READY_ANNOTATION, EXIT_CODE_ANNOTATION, EXIT_AFTER_SECONDS_ANNOTATION)
+CONTAINERS_READY_ANNOTATION = f"{SIMULATION_PREFIX}containers-ready"
+ALL_ANNOTATIONS = (
+    NODE_READY_ANNOTATION,
+    EXIT_CODE_ANNOTATION,
+    EXIT_AFTER_SECONDS_ANNOTATION,
+    CONTAINERS_READY_ANNOTATION,
+)
 
 # Exit codes a container can report on Linux.
 MAX_EXIT_CODE = 255

@@ -306,6 +306,9 @@ class WorldCache:
             log.warning("%s: the stored status does not parse; starting from an empty one", key)
             status = MaaSJobStatus()
         plan, inputs = self._plan(key)
+        surge = (self.plan_configmaps.get(key, {}).get("metadata", {}).get("annotations") or {}).get(
+            names.SURGE_ANNOTATION, "0"
+        )
         return Observed(
             job=job,
             generation=generation,
@@ -320,4 +323,8 @@ class WorldCache:
             now=now,
             replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
             progress=self.progress.get(key),
+            # Someone's edit that is not a count: no surge (the plan is re-made from the spec anyway).
+            plan_surge=int(surge)
+            if surge.isdigit() and plan is not None and int(surge) < plan.replicas
+            else 0,
         )

@@ -28,11 +28,11 @@ from maas_api.contract import (
 )
 from maas_api.job import API_VERSION, KIND
 from maas_api.plan import Plan, WorkerPlan
-from maas_api.spec import MaaSJobSpec, Mode
+from maas_api.spec import MaaSJobSpec, Mode, ServingSpec
 
 from maas_operator import names
 from maas_operator.settings import OperatorSettings
-from maas_operator.world import WORKER_CONTAINER
+from maas_operator.world import GANG_SIZE_ENV, WORKER_CONTAINER
 
 Manifest = dict[str, Any]
 
@@ -101,10 +101,11 @@ def plan_json(plan: Plan) -> str:
     return plan.model_dump_json(by_alias=True, exclude_none=True)
 
 
-def plan_configmap(job: JobRef, plan: Plan, plan_inputs: str) -> Manifest:
-    """The job's whole plan; `plan_inputs` is the hash of the spec it was made from (see reconcile)."""
+def plan_configmap(job: JobRef, plan: Plan, plan_inputs: str, surge: int = 0) -> Manifest:
+    """The job's whole plan; `plan_inputs` is the hash of the spec it was made from (see reconcile), `surge`
+    how many of its replicas are a rollout's extra ones (Serve)."""
     metadata = _metadata(job, names.plan_configmap_name(job.name), "plan")
-    metadata["annotations"] = {names.PLAN_INPUTS_ANNOTATION: plan_inputs}
+    metadata["annotations"] = {names.PLAN_INPUTS_ANNOTATION: plan_inputs, names.SURGE_ANNOTATION: str(surge)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -121,7 +122,15 @@ def replica_plan(plan: Plan, replica: int) -> Plan:
         if w.replica == replica
     ]
     # No notes: they describe the whole plan's making, and would change the replica's hash on every re-plan.
-    return plan.model_copy(update={"replicas": 1, "workers": workers, "notes": []})
+    # Nor the operator's own serving settings (rollout, drain): workers do not read them, and changing them
+    # must not roll the replicas.
+    serving = plan.serving
+    if serving is not None:
+        defaults = ServingSpec()
+        serving = serving.model_copy(
+            update={"rollout": defaults.rollout, "drain_seconds": defaults.drain_seconds}
+        )
+    return plan.model_copy(update={"replicas": 1, "workers": workers, "notes": [], "serving": serving})
 
 
 def gangs(job: JobRef, plan: Plan) -> list[Gang]:
@@ -139,20 +148,19 @@ def gangs(job: JobRef, plan: Plan) -> list[Gang]:
     ]
 
 
+def gang_configmap(job: JobRef, gang: Gang) -> Manifest:
+    """Serve: the ConfigMap with one replica's one-replica plan (Train workers read the whole plan)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, gang.configmap, "plan", {names.REPLICA_LABEL: gang.key.removeprefix("r")}),
+        "data": {names.PLAN_KEY: plan_json(gang.plan)},
+    }
+
+
 def gang_configmaps(job: JobRef, plan: Plan) -> list[Manifest]:
-    """Serve: one ConfigMap per replica with its one-replica plan (Train workers read the whole plan)."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _metadata(
-                job, gang.configmap, "plan", {names.REPLICA_LABEL: gang.key.removeprefix("r")}
-            ),
-            "data": {names.PLAN_KEY: plan_json(gang.plan)},
-        }
-        for gang in gangs(job, plan)
-        if gang.key != "all"
-    ]
+    """Serve: one ConfigMap per replica (none for Train)."""
+    return [gang_configmap(job, gang) for gang in gangs(job, plan) if gang.key != "all"]
 
 
 def worker_service(job: JobRef, spec: MaaSJobSpec) -> Manifest:
@@ -177,12 +185,38 @@ def worker_service(job: JobRef, spec: MaaSJobSpec) -> Manifest:
     }
 
 
+def endpoint_service(job: JobRef, spec: MaaSJobSpec) -> Manifest:
+    """Serve: the job's endpoint, a ClusterIP Service over every replica's first-stage worker. That pod is
+    Ready only while the operator holds its PIPELINE_READY gate True (every stage of its replica ready), so
+    the endpoints are exactly the replicas whose whole pipeline serves."""
+    assert spec.serving is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, names.endpoint_service_name(job.name), "endpoint"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {
+                names.JOB_LABEL: job.name,
+                names.COMPONENT_LABEL: "worker",
+                names.PIPELINE_RANK_LABEL: "0",
+            },
+            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint_url(job: JobRef, spec: MaaSJobSpec) -> str:
+    assert spec.serving is not None
+    return f"http://{names.endpoint_service_name(job.name)}.{job.namespace}.svc:{spec.serving.port}"
+
+
 def _env(spec: MaaSJobSpec, job: JobRef, gang: Gang, worker: WorkerPlan) -> list[Manifest]:
     first = min(gang.workers, key=lambda w: w.pipeline_rank if gang.key != "all" else w.index)
     endpoint = f"{first.name}.{names.service_name(job.name)}.{job.namespace}.svc:{RENDEZVOUS_PORT}"
     index = worker.pipeline_rank if gang.key != "all" else worker.index
     ours: list[Manifest] = [
-        {"name": "PET_NNODES", "value": str(len(gang.workers))},
+        {"name": GANG_SIZE_ENV, "value": str(len(gang.workers))},
         {"name": "PET_NPROC_PER_NODE", "value": str(processes_per_worker(worker.gpus))},
         {"name": "PET_RDZV_BACKEND", "value": "c10d"},
         {"name": "PET_RDZV_ENDPOINT", "value": endpoint},
@@ -284,8 +318,17 @@ def worker_pod(
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
     }
-    if spec.mode == Mode.SERVE and spec.serving is not None and worker.pipeline_rank == 0:
+    entry = spec.mode == Mode.SERVE and spec.serving is not None and worker.pipeline_rank == 0
+    if entry:
+        assert spec.serving is not None
         container["ports"].append({"name": "http", "containerPort": spec.serving.port})
+        # 200 once a warm-up batch went through every stage, 503 while draining (maas_runtime.serve).
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        }
     resources = _resources(spec, worker.gpus)
     if resources:
         container["resources"] = resources
@@ -306,6 +349,9 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if entry:
+        # Ready also waits for the operator's word that every other stage of the replica is ready.
+        pod_spec["readinessGates"] = [{"conditionType": names.PIPELINE_READY}]
     if worker.node is not None:
         # Pinned by node name, not by a label: the planner chose this exact node and counted its GPUs.
         pod_spec["affinity"] = {

@@ -230,6 +230,20 @@ class Controller:
                     self.cache.put_own_write(result)
             if failure is not None:
                 raise failure
+        for change in decision.pod_conditions:
+            answer = await self.kube.set_pod_condition(
+                job.namespace,
+                change.pod,
+                {
+                    "type": change.type,
+                    "status": "True" if change.status else "False",
+                    "reason": change.reason,
+                    "message": change.message[:1000],
+                    "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            )
+            if answer is not None:
+                self.cache.put_own_write(answer)
         for deletion in decision.delete_pods:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None

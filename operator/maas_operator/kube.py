@@ -27,6 +27,7 @@ from maas_operator.reconcile import Event
 log = logging.getLogger(__name__)
 
 APPLY = "application/apply-patch+yaml"
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Collections by kind: (path prefix, plural). Namespaced kinds only, except Node.
 _PATHS = {
     "Pod": ("/api/v1", "pods"),
@@ -113,6 +114,23 @@ class Kube:
         path = self._path(KIND, job.namespace, job.name) + "/status"
         query = [("fieldManager", names.FIELD_MANAGER), ("force", "true")]
         result: dict[str, Any] = await self._call("PATCH", path, body, query, APPLY, KIND + "/status")
+        return result
+
+    async def set_pod_condition(
+        self, namespace: str, name: str, condition: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Sets one condition on a pod's status (a strategic merge by type: the kubelet's conditions stay);
+        None when the pod is gone."""
+        path = self._path("Pod", namespace, name) + "/status"
+        body = {"status": {"conditions": [dict(condition)]}}
+        try:
+            result: dict[str, Any] = await self._call(
+                "PATCH", path, body, content_type=STRATEGIC_MERGE, kind="Pod/status"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
         return result
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

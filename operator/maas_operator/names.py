@@ -29,6 +29,14 @@ PLAN_KEY = "plan.json"
 """Key of the plan document in the plan ConfigMap(s)."""
 GANG_GATE = f"{GROUP}/gang"
 """Scheduling gate on every new worker pod, lifted once every pod of its gang exists."""
+PIPELINE_READY = f"{GROUP}/pipeline-ready"
+"""Serve: readiness gate of each replica's first-stage worker. The operator sets this pod condition True only
+while every stage of the replica is ready, so the pod is Ready (and in the endpoint) only then; False with
+reason DRAINING takes a replica out of the endpoint before its workers are stopped."""
+DRAINING = "Draining"
+"""Reason of PIPELINE_READY=False on a replica being removed (its pods are deleted after serving.drainSeconds)."""
+SURGE_ANNOTATION = f"{GROUP}/surge-replicas"
+"""On the plan ConfigMap: how many of the plan's replicas are a rollout's surge beyond spec replicas."""
 
 
 def plan_configmap_name(job: str) -> str:
@@ -46,6 +54,13 @@ def service_name(job: str) -> str:
     return job
 
 
-def selector(job: str) -> str:
-    """Label selector of the job's worker pods (status.selector, for the scale subresource)."""
-    return f"{JOB_LABEL}={job}"
+def endpoint_service_name(job: str) -> str:
+    """Serve: the Service in front of the replicas' first-stage workers (status.endpoint)."""
+    return f"{job}-endpoint"
+
+
+def selector(job: str, serve: bool = False) -> str:
+    """Label selector of the job's worker pods (status.selector, for the scale subresource). Serve selects one
+    pod per replica, its first-stage worker (the one that answers and exports the load metrics), so an
+    autoscaler averages per replica."""
+    return f"{JOB_LABEL}={job},{PIPELINE_RANK_LABEL}=0" if serve else f"{JOB_LABEL}={job}"

@@ -21,14 +21,16 @@ from datetime import datetime, timedelta
 
 from maas_api.plan import Plan
 from maas_api.spec import MaaSJobSpec, Mode
-from maas_api.status import ConditionType, MaaSJobStatus, Progress
+from maas_api.status import ConditionType, MaaSJobStatus, Progress, RolloutStatus
 
-from maas_operator import children, names
-from maas_operator.children import JobRef, Manifest
+from maas_operator import children, names, serving
+from maas_operator.children import Gang, JobRef, Manifest
 from maas_operator.healing import Failure, Verdict, backoff_seconds, find_failure, restart_or_fail
 from maas_operator.planner import Node, PlanError, Unschedulable, build_plan
 from maas_operator.settings import OperatorSettings
 from maas_operator.status import (
+    ROLLOUT_STOPPED,
+    condition,
     is_true,
     observe_generation,
     phase_of,
@@ -61,7 +63,9 @@ INITIAL_REASONS = {
     ConditionType.FAILED: "NoFailure",
     ConditionType.SUSPENDED: "NotSuspended",
     ConditionType.RESTARTING: "NoRestart",
+    ConditionType.PROGRESSING: "NoRollout",
 }
+"""Reasons of Progressing=False for a rollout that stopped: no more old replicas leave until the spec changes."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class Observed:
     spec_error: str = ""
     progress: Progress | None = None
     """The last progress worker 0 reported (Train), if the operator read one since it started."""
+    plan_surge: int = 0
+    """The plan ConfigMap's record of how many of its replicas are a rollout's surge (Serve)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,17 @@ class PodDeletion:
     """Grace period 0: the pod's node is gone, so no kubelet will ever confirm a graceful stop."""
 
 
+@dataclass(frozen=True)
+class PodCondition:
+    """A condition the operator sets on a pod's status (the PIPELINE_READY readiness gate)."""
+
+    pod: str
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
 @dataclass
 class Decision:
     """What to change; the adapter applies it in this order: apply, delete, status, events."""
@@ -114,6 +131,8 @@ class Decision:
     delete_configmaps: list[str] = field(default_factory=list)
     verify_pods: list[str] = field(default_factory=list)
     """Terminating pods overdue to be gone: the adapter reads them again (and forgets those that are gone)."""
+    pod_conditions: list[PodCondition] = field(default_factory=list)
+    """Applied after the pods and before the deletes: a replica leaves the endpoint before its pods go."""
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
@@ -145,6 +164,18 @@ class _Step:
         self.status = observed.status.model_copy(deep=True)
         self.decision = Decision(status=self.status)
         self.lost_nodes = frozenset(_lost_nodes(observed))
+        self._gangs: dict[tuple[int, str], list[tuple[Gang, list[Manifest]]]] = {}
+        self.surge = 0
+        """How many of the effective plan's replicas are a rollout's surge (Serve)."""
+        self.surge_problem = ""
+        """Why the surge replicas a rollout wants do not fit now."""
+
+    def gang_pods(self, spec: MaaSJobSpec, plan: Plan) -> list[tuple[Gang, list[Manifest]]]:
+        """The plan's gangs with their desired pods (built once per plan and gang attempts)."""
+        key = (id(plan), repr(sorted(self.status.attempts.items())))
+        if key not in self._gangs:
+            self._gangs[key] = _gang_pods(self, spec, plan)
+        return self._gangs[key]
 
     def condition(
         self, type_: ConditionType, value: bool, reason: str, message: str, quiet: bool = False
@@ -189,7 +220,9 @@ class _Step:
         observe_generation(self.status, self.observed.generation)
         self.status.phase = phase_of(self.status)
         self.status.observed_generation = self.observed.generation
-        self.status.selector = names.selector(self.observed.job.name)
+        spec = self.observed.spec
+        serve = spec is not None and spec.mode == Mode.SERVE
+        self.status.selector = names.selector(self.observed.job.name, serve=serve)
         return self.decision
 
 
@@ -245,7 +278,11 @@ def reconcile(observed: Observed, settings: OperatorSettings) -> Decision:
         step.delete_pods(observed.pods)
         step.condition(ConditionType.READY, False, "NotPlanned", "no plan places every worker")
         return step.finish()
-    _children(step, spec, plan)
+    if spec.mode == Mode.SERVE:
+        plan, surge = _surge(step, spec, plan)
+        _serve_children(step, spec, plan, surge)
+    else:
+        _children(step, spec, plan)
     return step.finish()
 
 
@@ -300,6 +337,8 @@ def _suspend(step: _Step) -> Decision:
     step.status.restart_at = None
     step.status.workers = worker_counts(step.status.workers.total, [])
     step.status.ready_workers = f"0/{step.status.workers.total}"
+    if step.status.ready_replicas is not None:
+        step.status.ready_replicas = 0
     return step.finish()
 
 
@@ -320,7 +359,7 @@ def _heal(step: _Step, spec: MaaSJobSpec, plan: Plan) -> Decision | None:
     """Failures and success of the current gangs. Returns a final decision when the job ends."""
     policy = spec.failure_policy
     succeeded = []
-    for gang, desired in _gang_pods(step, spec, plan):
+    for gang, desired in step.gang_pods(spec, plan):
         gang_hash = children.gang_hash_of(desired)
         expected = {worker.name for worker in gang.workers}
         current = [p for p in step.observed.pods if p.name in expected and p.gang == gang_hash]
@@ -342,6 +381,18 @@ def _heal(step: _Step, spec: MaaSJobSpec, plan: Plan) -> Decision | None:
         if failure is None:
             continue
         failure = restart_or_fail(failure, step.status.restarts, policy)
+        if failure.verdict == Verdict.FAIL and spec.mode == Mode.SERVE:
+            if _rollout_stopped(step, spec):
+                continue  # reported when the rollout stopped; the old replicas serve on
+            if is_true(step.status, ConditionType.PROGRESSING):
+                # A new replica that cannot run must not take the old ones down with the job: stop here.
+                message = (
+                    f"{failure.message}: rollout stopped, replica {gang.key.removeprefix('r')} is left as it"
+                    " is and the old replicas keep serving"
+                )
+                step.condition(ConditionType.PROGRESSING, False, "RolloutFailed", message, quiet=True)
+                step.event("Warning", "RolloutFailed", message)
+                continue
         if failure.verdict == Verdict.FAIL:
             return _fail(step, spec, failure.reason, failure.message)
         step.status.attempts[gang.key] = step.status.attempts.get(gang.key, 0) + 1
@@ -410,18 +461,12 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     old = observed.plan
     problem = _plan_problem(step, spec, old, inputs)
     if problem is None and old is not None:
-        _record_plan(step, old)
+        step.surge = observed.plan_surge
+        _record_plan(step, old, step.surge)
         return old
     previous = previous_placement(old, observed.nodes)
     try:
-        plan = build_plan(
-            spec,
-            nodes=list(observed.nodes),
-            used_gpus=observed.used_gpus,
-            previous=previous,
-            name=observed.job.name,
-            namespace=observed.job.namespace,
-        )
+        plan = _build(step, spec, previous)
     except Unschedulable as error:
         refused_now = step.condition(ConditionType.PLANNED, False, UNSCHEDULABLE, str(error))
         if old is not None and problem == "SpecChanged" and not step.lost_nodes:
@@ -433,6 +478,7 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
                     "ReplanUnschedulable",
                     f"the changed spec does not fit now, keeping the running plan: {error}",
                 )
+            step.surge = observed.plan_surge
             return old
         return None
     except PlanError as error:
@@ -453,69 +499,309 @@ def _effective_plan(step: _Step, spec: MaaSJobSpec) -> Plan | None:
     return plan
 
 
-def _record_plan(step: _Step, plan: Plan) -> None:
+def _build(step: _Step, spec: MaaSJobSpec, previous: Mapping[str, str]) -> Plan:
+    """build_plan on the observed nodes. Serve: old workers that no new worker of the same name takes over
+    keep their GPUs while their replica serves on through a rollout, so they count as held (a new replica
+    takes over its own slot's GPUs, since a slot's new gang is made only after its old one is gone)."""
+    observed = step.observed
+
+    def build(used: Mapping[str, int]) -> Plan:
+        return build_plan(
+            spec,
+            nodes=list(observed.nodes),
+            used_gpus=used,
+            previous=previous,
+            name=observed.job.name,
+            namespace=observed.job.namespace,
+        )
+
+    plan = build(observed.used_gpus)
+    if spec.mode != Mode.SERVE:
+        return plan
+    wanted = {w.name for w in plan.workers}
+    held = dict(observed.used_gpus)
+    extra = False
+    for pod in observed.pods:
+        if pod.name not in wanted and pod.node and pod.gpus and not pod.finished:
+            held[pod.node] = held.get(pod.node, 0) + pod.gpus
+            extra = True
+    return build(held) if extra else plan
+
+
+def _record_plan(step: _Step, plan: Plan, surge: int = 0) -> None:
     step.status.plan = plan_summary(plan)
     step.status.stages = len(plan.stages)
-    step.status.replicas = plan.replicas
+    step.status.replicas = plan.replicas - surge
     if not is_true(step.status, ConditionType.PLANNED):
         step.condition(ConditionType.PLANNED, True, "Planned", f"{len(plan.workers)} worker(s)")
 
 
 def _children(step: _Step, spec: MaaSJobSpec, plan: Plan) -> None:
+    """Train: one gang; stale pods go first, then the gang is made whole."""
     observed = step.observed
-    job = observed.job
-    gang_list = _gang_pods(step, spec, plan)
+    gang_list = step.gang_pods(spec, plan)
     wanted_names = {w.name for w in plan.workers}
     step.delete_pods([p for p in observed.pods if p.name not in wanted_names])
     by_name = {p.name: p for p in observed.pods}
     current: list[WorkerPod] = []
-    created = 0
+    made: list[Gang] = []
     waiting_for_stale = False
-    for _gang, desired in gang_list:
+    for gang, desired in gang_list:
         gang_hash = children.gang_hash_of(desired)
         present = [by_name[m["metadata"]["name"]] for m in desired if m["metadata"]["name"] in by_name]
         stale = [p for p in present if p.gang != gang_hash]
         if stale:
             step.delete_pods(stale)
             waiting_for_stale = True
-            overdue = step.now - timedelta(seconds=OVERDUE_DELETION_SECONDS)
-            step.decision.verify_pods += [
-                p.name for p in stale if p.deletion_deadline is not None and p.deletion_deadline < overdue
-            ]
+            _verify_overdue(step, stale)
             continue
         current += present
-        missing = [m for m in desired if m["metadata"]["name"] not in by_name]
-        if missing:
-            restart_at = step.status.restart_at
-            if restart_at is not None and step.now < restart_at:
-                step.decision.requeue((restart_at - step.now).total_seconds())
-                continue
-            step.decision.apply += missing
-            created += len(missing)
-        # Every pod of the gang exists now (or was just applied): lift the gates of those still gated.
-        gated = {p.name for p in present if p.gated} | {m["metadata"]["name"] for m in missing}
-        for manifest in desired:
-            if manifest["metadata"]["name"] in gated:
-                ungated = {
-                    **manifest,
-                    "spec": {k: v for k, v in manifest["spec"].items() if k != "schedulingGates"},
-                }
-                step.decision.apply.append(ungated)
+        if _make_gang(step, desired, present):
+            made.append(gang)
     if waiting_for_stale:
         step.decision.requeue(STALE_POD_POLL_SECONDS)
-    if created:
-        # The Service and the per-replica plans must exist before workers resolve or mount them.
-        support = [children.worker_service(job, spec), *children.gang_configmaps(job, plan)]
-        first_pod = next(i for i, m in enumerate(step.decision.apply) if m["kind"] == "Pod")
-        step.decision.apply[first_pod:first_pod] = support
-        if step.status.start_time is None:
-            step.status.start_time = step.now
-        attempts = sorted(f"{k} {v}" for k, v in step.status.attempts.items() if v)
-        which = f" (attempt {', '.join(attempts)})" if attempts else ""
-        step.event("Normal", "WorkersCreated", f"created {created} worker pod(s){which}")
-    wanted_configmaps = {m["metadata"]["name"] for m in children.gang_configmaps(job, plan)}
-    step.decision.delete_configmaps += sorted(observed.replica_configmaps - wanted_configmaps)
+    _support(step, spec, made)
+    step.decision.delete_configmaps += sorted(observed.replica_configmaps)
     _worker_status(step, plan, current)
+
+
+def _verify_overdue(step: _Step, stale: Sequence[WorkerPod]) -> None:
+    overdue = step.now - timedelta(seconds=OVERDUE_DELETION_SECONDS)
+    step.decision.verify_pods += [
+        p.name for p in stale if p.deletion_deadline is not None and p.deletion_deadline < overdue
+    ]
+
+
+def _make_gang(step: _Step, desired: Sequence[Manifest], present: Sequence[WorkerPod]) -> int:
+    """Creates the gang's missing pods behind the scheduling gate (after the restart backoff) and lifts the
+    gates once every pod exists. Returns how many pods it creates."""
+    present_names = {p.name for p in present}
+    missing = [m for m in desired if m["metadata"]["name"] not in present_names]
+    if missing:
+        restart_at = step.status.restart_at
+        if restart_at is not None and step.now < restart_at:
+            step.decision.requeue((restart_at - step.now).total_seconds())
+            return 0
+        step.decision.apply += missing
+    # Every pod of the gang exists now (or was just applied): lift the gates of those still gated.
+    gated = {p.name for p in present if p.gated} | {m["metadata"]["name"] for m in missing}
+    for manifest in desired:
+        if manifest["metadata"]["name"] in gated:
+            ungated = {
+                **manifest,
+                "spec": {k: v for k, v in manifest["spec"].items() if k != "schedulingGates"},
+            }
+            step.decision.apply.append(ungated)
+    return len(missing)
+
+
+def _support(step: _Step, spec: MaaSJobSpec, made: Sequence[Gang]) -> None:
+    """Before the first new pod: the Services and the plans of the gangs being made."""
+    created = sum(1 for m in step.decision.apply if m["kind"] == "Pod" and m["spec"].get("schedulingGates"))
+    if not made or not created:
+        return
+    job = step.observed.job
+    # The Services and the per-replica plans must exist before workers resolve or mount them.
+    support = [children.worker_service(job, spec)]
+    if spec.mode == Mode.SERVE:
+        support.append(children.endpoint_service(job, spec))
+    support += [children.gang_configmap(job, gang) for gang in made if gang.key != "all"]
+    first_pod = next(i for i, m in enumerate(step.decision.apply) if m["kind"] == "Pod")
+    step.decision.apply[first_pod:first_pod] = support
+    if step.status.start_time is None:
+        step.status.start_time = step.now
+    attempts = sorted(f"{k} {v}" for k, v in step.status.attempts.items() if v)
+    which = f" (attempt {', '.join(attempts)})" if attempts else ""
+    step.event("Normal", "WorkersCreated", f"created {created} worker pod(s){which}")
+
+
+def _rollout_stopped(step: _Step, spec: MaaSJobSpec) -> bool:
+    """The rollout of the current spec stopped (deadline or a failed new replica): no more old replicas
+    leave until the spec changes."""
+    progressing = condition(step.status, ConditionType.PROGRESSING)
+    record = step.status.rollout
+    return (
+        progressing is not None
+        and progressing.status == "False"
+        and progressing.reason in ROLLOUT_STOPPED
+        and record is not None
+        and record.revision == serving.revision(spec)
+    )
+
+
+def _with_replicas(spec: MaaSJobSpec, plan: Plan, replicas: int) -> MaaSJobSpec:
+    """The spec planned at another replica count, everything else as in `plan` (an auto split keeps the
+    stages and microbatches it chose, so the replicas it has stay the same)."""
+    parallelism = spec.parallelism.model_copy(
+        update={"replicas": replicas, "min_replicas": None, "max_replicas": None}
+    )
+    update: dict[str, object] = {"parallelism": parallelism}
+    if spec.split.stages == "auto":
+        update["split"] = spec.split.model_copy(update={"stages": len(plan.stages)})
+        update["parallelism"] = parallelism.model_copy(update={"microbatches": plan.microbatches})
+    return spec.model_copy(update=update)
+
+
+def _store_plan(step: _Step, spec: MaaSJobSpec, plan: Plan, surge: int) -> None:
+    """The plan ConfigMap of this decision (one: a later plan of the same decision replaces an earlier)."""
+    name = names.plan_configmap_name(step.observed.job.name)
+    step.decision.apply = [
+        m for m in step.decision.apply if not (m["kind"] == "ConfigMap" and m["metadata"]["name"] == name)
+    ]
+    step.decision.apply.append(children.plan_configmap(step.observed.job, plan, plan_inputs(spec), surge))
+    _record_plan(step, plan, surge)
+
+
+def _surge(step: _Step, spec: MaaSJobSpec, plan: Plan) -> tuple[Plan, int]:
+    """Serve: the plan holds serving.rollout.maxSurge extra replicas while old replicas of a rollout serve,
+    and drops them once every replica runs the current spec and serves (or keeps them while a stopped
+    rollout waits). Returns the plan the children follow and its surge."""
+    surge = step.surge
+    replicas = plan.replicas - surge
+    layout = serving.slots(step.gang_pods(spec, plan), step.observed.pods, step.lost_nodes)
+    minimum = serving.minimum_serving(replicas, spec)
+    choice = serving.choose(layout, replicas, minimum, False, 0, step.now)
+    if choice.to_roll and not _rollout_stopped(step, spec):
+        want = serving.rollout_of(spec).max_surge
+    elif surge and not choice.core_serving:
+        want = surge
+    else:
+        want = 0
+    if want == surge:
+        return plan, surge
+    if want < surge:
+        # The first replicas of a plan are a plan: no placement changes.
+        kept = [w for w in plan.workers if w.replica < replicas + want]
+        smaller = plan.model_copy(update={"replicas": replicas + want, "workers": kept})
+        _store_plan(step, spec, smaller, want)
+        return smaller, want
+    previous = {w.name: w.node for w in plan.workers if w.node and w.node not in step.lost_nodes}
+    try:
+        bigger = _build(step, _with_replicas(spec, plan, replicas + want), previous)
+    except (Unschedulable, PlanError) as error:
+        step.surge_problem = str(error)
+        return plan, surge
+    step.decision.planned = True
+    _store_plan(step, spec, bigger, want)
+    step.event(
+        "Normal",
+        "SurgeReplicas",
+        f"rollout: {want} replica(s) of the new spec beside the {replicas} serving (serving.rollout.maxSurge)",
+    )
+    return bigger, want
+
+
+def _serve_children(step: _Step, spec: MaaSJobSpec, plan: Plan, surge: int) -> None:
+    """Serve: slots, gates, graceful removal and creation (maas_operator.serving), then status."""
+    assert spec.serving is not None
+    observed = step.observed
+    replicas = plan.replicas - surge
+    minimum = serving.minimum_serving(replicas, spec)
+    layout = serving.slots(step.gang_pods(spec, plan), observed.pods, step.lost_nodes)
+    choice = serving.choose(
+        layout, replicas, minimum, _rollout_stopped(step, spec), spec.serving.drain_seconds, step.now
+    )
+    step.delete_pods(choice.delete)
+    step.decision.pod_conditions += [
+        PodCondition(gate.pod, names.PIPELINE_READY, gate.ready, gate.reason, gate.message)
+        for gate in choice.gates
+    ]
+    if choice.recheck_at is not None:
+        step.decision.requeue((choice.recheck_at - step.now).total_seconds())
+    if choice.waiting_for_stale:
+        step.decision.requeue(STALE_POD_POLL_SECONDS)
+        _verify_overdue(step, [p for slot in layout for p in slot.stale if p.terminating])
+    current: list[WorkerPod] = []
+    made: list[Gang] = []
+    for slot in choice.create:
+        assert slot.gang is not None
+        current += slot.current
+        if _make_gang(step, slot.desired, slot.current):
+            made.append(slot.gang)
+    _support(step, spec, made)
+    # A slot's plan goes once the slot is gone from the plan and holds no pods.
+    occupied = {names.replica_configmap_name(observed.job.name, slot.index) for slot in layout if slot.stale}
+    wanted = {names.replica_configmap_name(observed.job.name, r) for r in range(plan.replicas)}
+    step.decision.delete_configmaps += sorted(observed.replica_configmaps - wanted - occupied)
+
+    counts = worker_counts(len(plan.workers), current)
+    status = step.status
+    status.workers = counts
+    status.ready_workers = f"{counts.ready}/{counts.total}"
+    status.endpoint = children.endpoint_url(observed.job, spec)
+    status.ready_replicas = choice.serving
+    status.updated_replicas = choice.updated
+    serving_now = f"{choice.serving} of {replicas} replica(s) serving (minimum {minimum})"
+    if choice.serving >= minimum:
+        step.condition(ConditionType.READY, True, "MinimumReplicasServing", serving_now)
+    else:
+        reason = "Restarting" if is_true(status, ConditionType.RESTARTING) else "TooFewReplicasServing"
+        step.condition(ConditionType.READY, False, reason, serving_now)
+    if choice.core_serving:
+        step.condition(ConditionType.RESTARTING, False, "AllReplicasServing", "every replica serves")
+        status.restart_at = None
+    _rollout(step, spec, choice, replicas, minimum)
+
+
+def _rollout(step: _Step, spec: MaaSJobSpec, choice: serving.Choice, replicas: int, minimum: int) -> None:
+    """The Progressing condition and status.rollout: a rollout opens when old replicas of another spec
+    serve, completes when every replica runs the current spec and serves, and stops when no new replica
+    started serving for serving.rollout.progressDeadlineSeconds."""
+    status, now = step.status, step.now
+    revision = serving.revision(spec)
+    record = status.rollout
+    progressing = condition(status, ConditionType.PROGRESSING)
+    running = progressing is not None and progressing.status == "True"
+    if _rollout_stopped(step, spec):
+        return
+    if not running and not choice.to_roll:
+        if progressing is not None and progressing.reason in ROLLOUT_STOPPED and choice.settled:
+            # The spec changed since the rollout stopped (a fix, or back to the old one), and all serve.
+            step.condition(
+                ConditionType.PROGRESSING,
+                False,
+                "RolloutComplete",
+                f"all {replicas} replica(s) serve the spec",
+            )
+        return
+    if record is None or record.revision != revision:
+        record = RolloutStatus(
+            revision=revision, start_time=now, last_progress_time=now, updated_serving=choice.updated_serving
+        )
+    elif choice.updated_serving > record.updated_serving:
+        record = record.model_copy(
+            update={"last_progress_time": now, "updated_serving": choice.updated_serving}
+        )
+    elif choice.updated_serving != record.updated_serving:
+        record = record.model_copy(update={"updated_serving": choice.updated_serving})
+    status.rollout = record
+    if choice.settled:
+        message = f"all {replicas} replica(s) updated and serving"
+        step.condition(ConditionType.PROGRESSING, False, "RolloutComplete", message, quiet=True)
+        step.event("Normal", "RolloutComplete", message)
+        return
+    deadline = serving.rollout_of(spec).progress_deadline_seconds
+    due = record.last_progress_time + timedelta(seconds=deadline)
+    updated = (
+        f"{choice.updated} of {replicas} replica(s) updated, {choice.serving} serving (minimum {minimum})"
+    )
+    if now >= due:
+        message = (
+            f"no replica of the new spec started serving for {deadline} s"
+            f" (serving.rollout.progressDeadlineSeconds): rollout stopped with {updated}; the old replicas keep"
+            " serving, a new spec starts a new rollout"
+        )
+        step.condition(ConditionType.PROGRESSING, False, "ProgressDeadlineExceeded", message, quiet=True)
+        step.event("Warning", "ProgressDeadlineExceeded", message)
+        return
+    step.decision.requeue((due - now).total_seconds())
+    if step.surge_problem:
+        message = (
+            f"{updated}; the surge replicas do not fit ({step.surge_problem}), so only maxUnavailable rolls"
+        )
+        step.condition(ConditionType.PROGRESSING, True, "SurgeUnschedulable", message)
+    else:
+        step.condition(ConditionType.PROGRESSING, True, "RollingUpdate", updated)
 
 
 def _worker_status(step: _Step, plan: Plan, current: Sequence[WorkerPod]) -> None:

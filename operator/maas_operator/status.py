@@ -24,6 +24,9 @@ from maas_api.status import (
 
 from maas_operator.world import WorkerPod
 
+ROLLOUT_STOPPED = frozenset({"ProgressDeadlineExceeded", "RolloutFailed"})
+"""Progressing=False reasons of a Serve rollout that stopped: the old replicas serve, the spec is not applied."""
+
 MAX_WORKERS_IN_STATUS = 64
 """PlanSummary.workers lists at most this many (status must stay small; the ConfigMap has them all)."""
 
@@ -137,16 +140,24 @@ def summary_conditions(status: MaaSJobStatus) -> tuple[Summary, Summary]:
     InProgress while Reconciling is True, Failed while Stalled is True, and Current otherwise.
 
     Reconciling is True until the job is Failed, Succeeded or Suspended, or Ready with a plan for its current
-    spec (a running job whose scaled spec does not fit yet is still on its way); its reason and message are
-    those of the condition that explains it. Stalled mirrors Failed. The two are never True together.
+    spec and no rollout under way (a running job whose scaled spec does not fit yet is still on its way); its
+    reason and message are those of the condition that explains it. Stalled mirrors Failed, and is True too
+    when a Serve rollout stopped (ProgressDeadlineExceeded, RolloutFailed). The two are never True together.
     """
     failed = condition(status, ConditionType.FAILED)
-    stalled = Summary(
-        ConditionType.STALLED,
-        failed is not None and failed.status == "True",
-        failed.reason if failed is not None else "NoFailure",
-        failed.message if failed is not None else "",
-    )
+    progressing = condition(status, ConditionType.PROGRESSING)
+    if progressing is not None and progressing.status == "False" and progressing.reason in ROLLOUT_STOPPED:
+        # Like a Deployment past its progress deadline: only a spec edit moves it on.
+        stalled = Summary(ConditionType.STALLED, True, progressing.reason, progressing.message)
+    else:
+        stalled = Summary(
+            ConditionType.STALLED,
+            failed is not None and failed.status == "True",
+            failed.reason if failed is not None else "NoFailure",
+            failed.message if failed is not None else "",
+        )
+    if stalled.value and (failed is None or failed.status != "True"):
+        return Summary(ConditionType.RECONCILING, False, stalled.reason, stalled.message), stalled
     for type_ in _SETTLED:
         settled = condition(status, type_)
         if settled is not None and settled.status == "True":
@@ -158,6 +169,8 @@ def summary_conditions(status: MaaSJobStatus) -> tuple[Summary, Summary]:
         why = planned
     elif restarting is not None and restarting.status == "True":
         why = restarting
+    elif progressing is not None and progressing.status == "True":
+        why = progressing  # a Serve rollout replaces replicas
     elif ready is not None and ready.status == "True":
         return Summary(ConditionType.RECONCILING, False, ready.reason, ready.message), stalled
     else:

@@ -16,6 +16,8 @@ from maas_operator.planner.cluster import GPU_RESOURCE, Node, NodeFileError, par
 
 WORKER_CONTAINER = "worker"
 """Name of the worker container in every pod (its exit code is the worker's)."""
+GANG_SIZE_ENV = "PET_NNODES"
+"""The worker container's variable that holds its gang's worker count (torchrun's --nnodes)."""
 
 # Pod status reasons and conditions that mean "not the job's fault": the node or the cluster took the pod away.
 DISRUPTION_REASONS = frozenset(
@@ -105,6 +107,17 @@ class WorkerPod:
     """What the worker wrote as its termination message (the runtime's one-line reason), shortened."""
     deletion_deadline: datetime | None = None
     """When a terminating pod's grace period ends (its deletionTimestamp); it should be gone soon after."""
+    containers_ready: bool = False
+    """Its ContainersReady condition: the worker itself is up (Ready also waits for readiness gates)."""
+    gpus: int = 0
+    """GPUs it asks for."""
+    gang_size: int | None = None
+    """Workers in its gang (its PET_NNODES), so a gang can be judged whole without the plan it came from."""
+    pipeline_gate: bool | None = None
+    """Status of its PIPELINE_READY condition (None while unset)."""
+    gate_reason: str = ""
+    gate_since: datetime | None = None
+    """When PIPELINE_READY last changed status."""
 
     @property
     def finished(self) -> bool:
@@ -156,6 +169,7 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
         c.get("type") == DISRUPTION_CONDITION and c.get("status") == "True" for c in conditions
     )
     termination = _container_termination(pod)
+    gate = next((c for c in conditions if c.get("type") == names.PIPELINE_READY), None)
     phase = str(status.get("phase") or "Pending")
     reason = str(status.get("reason") or "")
     spec = pod.get("spec") or {}
@@ -176,7 +190,26 @@ def worker_pod(pod: Mapping[str, Any]) -> WorkerPod:
         reason=reason or termination.reason,
         created=parse_time(metadata.get("creationTimestamp")),
         deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
+        containers_ready=any(
+            c.get("type") == "ContainersReady" and c.get("status") == "True" for c in conditions
+        ),
+        gpus=pod_gpus(pod),
+        gang_size=_gang_size(pod),
+        pipeline_gate=None if gate is None else gate.get("status") == "True",
+        gate_reason=str((gate or {}).get("reason") or ""),
+        gate_since=parse_time((gate or {}).get("lastTransitionTime")),
     )
+
+
+def _gang_size(pod: Mapping[str, Any]) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") != WORKER_CONTAINER:
+            continue
+        for variable in container.get("env") or []:
+            value = variable.get("value")
+            if variable.get("name") == GANG_SIZE_ENV and isinstance(value, str) and value.isdigit():
+                return int(value)
+    return None
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,10 @@ class ServeStats:
     samples: int = 0
     batches: int = 0
     batch_seconds: float = 0.0
+    in_flight: int = 0
+    """Requests accepted and not answered yet (queued or in the pipeline): the autoscaling signal."""
+    last_batch_fill: float = 0.0
+    """Samples of the last batch over serving.maxBatchSize."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, **deltas: float) -> None:
@@ -209,8 +213,13 @@ class Frontend:
             self.stats.add(rejected=1)
             return Response.json(400, {"error": inputs})
         request = PendingRequest(inputs)
-        self.batcher.submit(request)
-        if not request.done.wait(REQUEST_TIMEOUT_SECONDS) or request.outputs is None:
+        self.stats.add(in_flight=1)
+        try:
+            self.batcher.submit(request)
+            answered = request.done.wait(REQUEST_TIMEOUT_SECONDS)
+        finally:
+            self.stats.add(in_flight=-1)
+        if not answered or request.outputs is None:
             return Response.json(504, {"error": "the pipeline did not answer in time"})
         self.stats.add(requests=1, samples=len(inputs))
         outputs = request.outputs.float()
@@ -235,6 +244,8 @@ class Frontend:
             "samples": s.samples,
             "batches": s.batches,
             "queueDepth": self.batcher.depth(),
+            "inFlight": s.in_flight,
+            "lastBatchFill": s.last_batch_fill,
         }
 
     def metrics(self, _: bytes) -> Response:
@@ -257,6 +268,18 @@ class Frontend:
             ("maas_serve_batches_total", "counter", "Batches run through the pipeline.", float(s.batches)),
             ("maas_serve_batch_seconds_total", "counter", "Time spent running batches.", s.batch_seconds),
             ("maas_serve_queue_depth", "gauge", "Requests waiting for a batch.", float(self.batcher.depth())),
+            (
+                "maas_serve_requests_in_flight",
+                "gauge",
+                "Requests accepted and not answered yet (the load signal for autoscaling).",
+                float(s.in_flight),
+            ),
+            (
+                "maas_serve_batch_fill",
+                "gauge",
+                "Samples of the last batch over serving.maxBatchSize.",
+                s.last_batch_fill,
+            ),
         ]
         labels = {"job": self.worker.plan.job, "replica": str(self.worker.coords.replica)}
         return Response.text(200, prometheus_text(rows, labels))
@@ -331,6 +354,7 @@ def _lead(worker: Worker, pipeline: ServingPipeline, serving: ServingSpec) -> No
                 offset += len(request.inputs)
                 request.done.set()
             stats.add(batches=1, batch_seconds=time.perf_counter() - started)
+            stats.last_batch_fill = len(inputs) / serving.max_batch_size
         if multi:
             _control(worker, STOP)
         worker.log("drained", requests=stats.requests, batches=stats.batches)

@@ -16,7 +16,7 @@ pytest.importorskip(
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from maas_devcluster.fake_nodes import node_is_schedulable
-from maas_devcluster.simulation import exit_annotations, node_ready_annotations
+from maas_devcluster.simulation import CONTAINERS_READY_ANNOTATION, exit_annotations, node_ready_annotations
 from maas_devcluster.testing import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -194,3 +194,57 @@ def test_scheduling_gated_pod_stays_pending_without_a_node(core_v1: k8s.CoreV1Ap
     assert pod.spec.node_name is None
     scheduled = next(c for c in pod.status.conditions if c.type == "PodScheduled")
     assert (scheduled.status, scheduled.reason) == ("False", "SchedulingGated")
+
+
+def test_ready_follows_containers_ready_and_the_readiness_gates(
+    core_v1: k8s.CoreV1Api, namespace: str
+) -> None:
+    gate = "test.maas.dev/gate"
+    gated = fake_pod()
+    gated.spec.readiness_gates = [k8s.V1PodReadinessGate(condition_type=gate)]
+    name = core_v1.create_namespaced_pod(namespace, gated).metadata.name
+
+    def conditions() -> tuple[str | None, str | None]:
+        pod_conditions = core_v1.read_namespaced_pod(name, namespace).status.conditions
+        return condition_status(pod_conditions, "ContainersReady"), condition_status(pod_conditions, "Ready")
+
+    wait_for_phase(core_v1, namespace, name, "Running")
+    assert conditions() == ("True", "False"), "the gate is not set yet"
+
+    def set_gate(status: str) -> None:
+        body = {"status": {"conditions": [{"type": gate, "status": status}]}}
+        core_v1.patch_namespaced_pod_status(name, namespace, body)
+
+    set_gate("True")
+    wait_until("Ready once the gate is True", lambda: conditions() == ("True", "True"))
+    annotation = {CONTAINERS_READY_ANNOTATION: "false"}
+    core_v1.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotation}})
+    wait_until("containers not ready, so not Ready", lambda: conditions() == ("False", "False"))
+    core_v1.patch_namespaced_pod(
+        name, namespace, {"metadata": {"annotations": {CONTAINERS_READY_ANNOTATION: None}}}
+    )
+    wait_until("containers ready again", lambda: conditions() == ("True", "True"))
+    set_gate("False")
+    wait_until("not Ready once the gate is False", lambda: conditions() == ("True", "False"))
+
+
+def test_a_pod_annotated_not_ready_runs_without_being_ready(core_v1: k8s.CoreV1Api, namespace: str) -> None:
+    name = core_v1.create_namespaced_pod(
+        namespace, fake_pod({CONTAINERS_READY_ANNOTATION: "false"})
+    ).metadata.name
+
+    pod = wait_for_phase(core_v1, namespace, name, "Running")
+
+    assert condition_status(pod.status.conditions, "ContainersReady") == "False"
+    assert condition_status(pod.status.conditions, "Ready") == "False"
+    assert not pod.status.container_statuses[0].ready
+    core_v1.patch_namespaced_pod(
+        name, namespace, {"metadata": {"annotations": {CONTAINERS_READY_ANNOTATION: None}}}
+    )
+    wait_until(
+        "ready once the annotation is gone",
+        lambda: (
+            condition_status(core_v1.read_namespaced_pod(name, namespace).status.conditions, "Ready")
+            == "True"
+        ),
+    )

@@ -13,6 +13,7 @@ from maas_api.job import parse_maasjob
 from maas_api.plan import Plan
 from maas_api.spec import MaaSJobSpec
 from maas_api.status import MaaSJobStatus
+from maas_devcluster.simulation import CONTAINERS_READY_ANNOTATION
 from maas_operator import names
 from maas_operator.children import JobRef
 from maas_operator.planner import Node
@@ -45,8 +46,8 @@ def train_manifest(replicas: int = 1, stages: int = 3, **spec: Any) -> dict[str,
     return {"apiVersion": "maas.dev/v1alpha1", "kind": "MaaSJob", "metadata": {"name": "job"}, "spec": body}
 
 
-def serve_manifest(replicas: int = 2) -> dict[str, Any]:
-    return {
+def serve_manifest(replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
         "apiVersion": "maas.dev/v1alpha1",
         "kind": "MaaSJob",
         "metadata": {"name": "svc"},
@@ -59,6 +60,8 @@ def serve_manifest(replicas: int = 2) -> dict[str, Any]:
             "resources": {"gpus": 1},
         },
     }
+    manifest["spec"].update(spec)
+    return manifest
 
 
 @dataclass
@@ -86,9 +89,12 @@ class FakeWorld:
         spec = spec_of(self.manifest)
         plan = None
         inputs = None
+        surge = 0
         if self.plan_configmap is not None:
             plan = Plan.model_validate_json(self.plan_configmap["data"][names.PLAN_KEY])
-            inputs = self.plan_configmap["metadata"]["annotations"][names.PLAN_INPUTS_ANNOTATION]
+            annotations = self.plan_configmap["metadata"]["annotations"]
+            inputs = annotations[names.PLAN_INPUTS_ANNOTATION]
+            surge = int(annotations.get(names.SURGE_ANNOTATION, "0"))
         return Observed(
             job=self.job,
             generation=self.generation,
@@ -101,6 +107,7 @@ class FakeWorld:
             used_gpus=dict(self.used_gpus),
             now=self.now,
             replica_configmaps=frozenset(self.replica_configmaps),
+            plan_surge=surge,
         )
 
     def decide(self, settings: OperatorSettings = SETTINGS) -> Decision:
@@ -123,6 +130,8 @@ class FakeWorld:
                     self.plan_configmap = copy.deepcopy(manifest)
                 else:
                     self.replica_configmaps.add(manifest["metadata"]["name"])
+        for change in decision.pod_conditions:
+            self.set_condition(change.pod, change.type, change.status, change.reason)
         for deletion in decision.delete_pods:
             if linger:
                 self.pods[deletion.name]["metadata"]["deletionTimestamp"] = self.now.isoformat()
@@ -160,7 +169,37 @@ class FakeWorld:
         pod = self.pods.get(name)
         if pod is None:
             return
-        pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        # As kwok's Stages do: a pod annotated containers-ready "false" runs, but its worker never gets ready.
+        up = (pod["metadata"].get("annotations") or {}).get(CONTAINERS_READY_ANNOTATION) != "false"
+        status = "True" if up else "False"
+        pod["status"] = {"phase": "Running", "conditions": [{"type": "ContainersReady", "status": status}]}
+        self._kubelet_ready(pod)
+
+    def set_condition(self, name: str, type_: str, value: bool, reason: str = "") -> None:
+        """A pod condition set through the status subresource (the operator's gate, or a test's stage down),
+        with Ready recomputed as the kubelet does: containers ready and every readiness gate True."""
+        pod = self.pods.get(name)
+        if pod is None:
+            return
+        conditions = pod["status"].setdefault("conditions", [])
+        status = "True" if value else "False"
+        existing = next((c for c in conditions if c["type"] == type_), None)
+        if existing is None:
+            existing = {"type": type_}
+            conditions.append(existing)
+        if existing.get("status") != status:
+            existing["lastTransitionTime"] = self.now.isoformat()
+        existing.update(status=status, reason=reason)
+        self._kubelet_ready(pod)
+
+    @staticmethod
+    def _kubelet_ready(pod: dict[str, Any]) -> None:
+        conditions = pod["status"].setdefault("conditions", [])
+        true = {c["type"] for c in conditions if c.get("status") == "True"}
+        gates = [g["conditionType"] for g in pod["spec"].get("readinessGates", [])]
+        ready = "ContainersReady" in true and all(gate in true for gate in gates)
+        conditions[:] = [c for c in conditions if c["type"] != "Ready"]
+        conditions.append({"type": "Ready", "status": "True" if ready else "False"})
 
     def exit(self, name: str, code: int) -> None:
         """The worker exits with `code` (as kwok's simulated fate does)."""
@@ -194,5 +233,5 @@ class FakeWorld:
         """Reconciles until nothing is left to do (pods gone or created)."""
         for _ in range(steps):
             decision = self.step()
-            if not decision.apply and not decision.delete_pods:
+            if not decision.apply and not decision.delete_pods and not decision.pod_conditions:
                 return

@@ -63,6 +63,7 @@ def test_every_condition_type_is_present_with_the_generation() -> None:
         "Restarting",
         "Reconciling",
         "Stalled",
+        "Progressing",
     }
     assert all(c.observed_generation == 1 for c in types.values())
 
@@ -256,8 +257,19 @@ def test_scaling_a_serve_job_touches_only_the_replicas_that_change() -> None:
     assert world.replica_configmaps == {"svc-plan-r0", "svc-plan-r1", "svc-plan-r2"}
     world.edit(parallelism={"replicas": 1, "schedule": "GPipe"})
     down = world.step()
-    assert {d.name for d in down.delete_pods} == {"svc-r1-s0", "svc-r1-s1", "svc-r2-s0", "svc-r2-s1"}
-    assert sorted(down.delete_configmaps) == ["svc-plan-r1", "svc-plan-r2"]
+    # Replica 2 never served (its gate was not yet opened): it goes at once. Replica 1 serves: it leaves the
+    # endpoint first, and its pods go serving.drainSeconds (5) later (+1: condition times have whole seconds).
+    assert {d.name for d in down.delete_pods} == {"svc-r2-s0", "svc-r2-s1"}
+    assert [(c.pod, c.status, c.reason) for c in down.pod_conditions] == [("svc-r1-s0", False, "Draining")]
+    assert down.requeue_after == 6.0
+    world.later(5)
+    assert not world.step().delete_pods
+    world.later(1)
+    drained = world.step()
+    assert {d.name for d in drained.delete_pods} == {"svc-r1-s0", "svc-r1-s1"}
+    world.step()
+    # A removed replica's plan goes once its pods are gone.
+    assert world.replica_configmaps == {"svc-plan-r0"}
     assert {n: world.pods[n]["metadata"]["labels"][names.GANG_LABEL] for n in ("svc-r0-s0", "svc-r0-s1")} == {
         n: before[n] for n in ("svc-r0-s0", "svc-r0-s1")
     }

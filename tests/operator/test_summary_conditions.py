@@ -147,7 +147,7 @@ def test_a_job_waiting_for_room_reads_in_progress_with_the_reason() -> None:
 def test_a_scale_that_does_not_fit_keeps_a_serve_job_in_progress() -> None:
     world = FakeWorld(serve_manifest(replicas=2), nodes=gpu_nodes(1, gpus=4))
     world.settle()
-    assert world.condition("Reconciling") == ("False", "AllWorkersReady")
+    assert world.condition("Reconciling") == ("False", "MinimumReplicasServing")
     world.edit(parallelism={"replicas": 3, "schedule": "GPipe"})
     world.settle()
     assert world.condition("Ready")[0] == "True"
@@ -162,3 +162,19 @@ def test_a_suspended_job_is_settled_and_every_summary_carries_the_generation() -
     assert world.condition("Reconciling") == ("False", "Suspended")
     summaries = [c for c in world.status.conditions if c.type in {"Reconciling", "Stalled"}]
     assert {c.observed_generation for c in summaries} == {2} == {world.status.observed_generation}
+
+
+def test_a_stopped_rollout_reads_stalled_while_a_running_one_reads_in_progress() -> None:
+    from maas_api.status import ConditionType, MaaSJobStatus
+    from maas_operator.status import set_condition, summary_conditions
+
+    status = MaaSJobStatus()
+    now = FakeWorld(serve_manifest()).now
+    for type_, value, reason in [("Planned", True, "Planned"), ("Ready", True, "MinimumReplicasServing")]:
+        set_condition(status, ConditionType(type_), value, reason, "", now, 1)
+    set_condition(status, ConditionType.PROGRESSING, True, "RollingUpdate", "1 of 2 updated", now, 1)
+    reconciling, stalled = summary_conditions(status)
+    assert (reconciling.value, reconciling.reason, stalled.value) == (True, "RollingUpdate", False)
+    set_condition(status, ConditionType.PROGRESSING, False, "ProgressDeadlineExceeded", "stopped", now, 1)
+    reconciling, stalled = summary_conditions(status)
+    assert (reconciling.value, stalled.value, stalled.reason) == (False, True, "ProgressDeadlineExceeded")

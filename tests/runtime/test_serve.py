@@ -64,12 +64,18 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
         assert http("POST", f"{url}/v1/predict", {"inputs": [[99] * 8]})[0] == 400
         assert http("POST", f"{url}/v1/predict", {"wrong": 1})[0] == 400
         status, metrics = http("GET", f"{url}/metrics")
-        assert status == 200 and 'maas_serve_requests_total{job="serve",replica="0"} 4.0' in metrics
+        labels = '{job="serve",replica="0"}'
+        assert status == 200 and f"maas_serve_requests_total{labels} 4.0" in metrics
+        assert f"maas_serve_requests_in_flight{labels} 0.0" in metrics
+        # The last batch held 6 samples (1+2+3) or 5, of maxBatchSize 6.
+        assert any(f"maas_serve_batch_fill{labels} {fill!r}" in metrics for fill in (1.0, 5 / 6)), metrics
 
-        # A request waiting for its batch (500 ms delay) when SIGTERM arrives is still answered.
+        # A request waiting for its batch (500 ms delay) when SIGTERM arrives is still answered; while it
+        # waits, it is the load the autoscaling metric reports.
         late = threading.Thread(target=ask, args=(0,))
         late.start()
         time.sleep(0.2)
+        assert f"maas_serve_requests_in_flight{labels} 1.0" in http("GET", f"{url}/metrics")[1]
         job.signal_workers(signal.SIGTERM)
         late.join(30)
         assert answers[0][0] == 200

@@ -280,6 +280,7 @@ def test_conditions_carry_the_generation_they_were_computed_from(jobs: Jobs, poo
         "Restarting",
         "Reconciling",
         "Stalled",
+        "Progressing",
     }
     assert {c["observedGeneration"] for c in conditions} == {2}
     # The edit changed the pods (env), not the plan: the new pods carry the variable.
