@@ -5,10 +5,13 @@ PYTHON := .venv/bin/python
 # this checkout's own packages come first on the path, so every target runs the code it sits next to.
 export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/devcluster
 
-.PHONY: venv test unit lint format typecheck crds control-plane cluster-up cluster-down demo
+.PHONY: venv lock test unit lint format typecheck crds control-plane cluster-up cluster-down demo
 
-venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<deps hash>), linked as .venv
+venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<python + uv.lock hash>), linked as .venv
 	@bash hack/ensure-venv.sh >/dev/null
+
+lock:  ## re-resolve uv.lock after a dependency change in pyproject.toml (then `make venv` builds the new venv)
+	@"$$(bash hack/ensure-uv.sh)" lock
 
 control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached, versioned)
 	@bash hack/build-control-plane.sh
@@ -16,8 +19,8 @@ control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached
 test: venv control-plane lint typecheck  ## everything CI runs: lint, types, unit, runtime and cluster tests
 	$(PYTHON) -m pytest
 
-unit: venv  ## the fast tests only (no cluster, no multi-process torch)
-	$(PYTHON) -m pytest -m "not cluster and not distributed"
+unit: venv  ## the fast tests only (no cluster, no multi-process torch, no image installs)
+	$(PYTHON) -m pytest -m "not cluster and not distributed and not packaging"
 
 lint: venv
 	$(PYTHON) -m ruff check .
