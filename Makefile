@@ -33,8 +33,9 @@ format: venv
 typecheck: venv  ## mypy --strict on every package
 	$(PYTHON) -m mypy api/maas_api operator/maas_operator runtime/maas_runtime devcluster/maas_devcluster
 
-crds: venv  ## regenerate crds/maasjob.yaml from the API models
+crds: venv  ## regenerate crds/maasjob.yaml from the API models (and the Helm chart's copy of it)
 	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml
+	cp crds/maasjob.yaml charts/maas-operator/crds/maasjob.yaml
 
 cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
 	@$(PYTHON) -m maas_devcluster up
