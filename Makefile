@@ -5,7 +5,7 @@ PYTHON := .venv/bin/python
 # this checkout's own packages come first on the path, so every target runs the code it sits next to.
 export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/devcluster
 
-.PHONY: venv lock test unit lint format typecheck crds control-plane cluster-up cluster-down demo
+.PHONY: venv lock test unit lint format typecheck crds control-plane cluster-up cluster-down demo kind-up kind-e2e
 
 venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<python + uv.lock hash>), linked as .venv
 	@bash hack/ensure-venv.sh >/dev/null
@@ -46,3 +46,9 @@ cluster-down: venv  ## stop the operator the demo started (if any), then the loc
 
 demo: venv control-plane  ## the README's demo: cluster + operator + a job to Ready (left running; make cluster-down)
 	@bash hack/demo.sh
+
+kind-up:  ## (needs Docker, kind, kubectl, helm; not run by CI) a kind cluster with both images and the chart
+	@bash hack/kind-up.sh
+
+kind-e2e:  ## (needs Docker; not run by CI) kind-up, then an example job applied and waited for until Succeeded
+	@bash hack/kind-e2e.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -236,3 +237,24 @@ def test_the_charts_crd_is_the_generated_one() -> None:
     result = run_helm("template", "maas", CHART, "--include-crds", "--kube-version", kubernetes_version())
     first = next(document for document in yaml.safe_load_all(result.stdout) if document)
     assert (first["kind"], first["metadata"]["name"]) == ("CustomResourceDefinition", "maasjobs.maas.dev")
+
+
+def test_the_kind_scripts_install_values_the_chart_accepts() -> None:
+    # CI cannot run hack/kind-up.sh (no Docker): at least its helm values and names must fit the chart.
+    script = (REPO / "hack" / "kind-up.sh").read_text()
+    assert "release=maas\n" in script and "namespace=maas-system\n" in script
+    sets = re.findall(r'--set ([\w.]+)="?([^"\s]+)"?', script)
+    assert {key for key, _ in sets} == {
+        "image.tag",
+        "image.pullPolicy",
+        "runtime.image.tag",
+        "runtime.image.pullPolicy",
+    }
+    values = {key: "dev" if value == "$tag" else value for key, value in sets}
+    objects = render({key: value for key, value in values.items()})
+    deployment = one(objects, "Deployment")
+    assert deployment["metadata"]["name"] == FULLNAME
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "maas-operator:dev"
+    assert OperatorSettings.from_environment(container_env(objects)).runtime_image == "maas-runtime:dev"
+    # The e2e script reads the operator's log from the same Deployment.
+    assert f"deployment/{FULLNAME}" in (REPO / "hack" / "kind-e2e.sh").read_text()
