@@ -18,7 +18,8 @@ if [[ ! -f "$venv/.complete" ]]; then
   echo "[venv] creating $venv from uv.lock (first time: downloads torch, a few GB) ..." >&2
   rm -rf "$venv"
   "$uv" venv --quiet --python "$python" "$venv" >&2
-  "$uv" sync --quiet --project "$root" --locked --all-extras >&2
+  # Bytecode compiled once at creation, as pip does: the first import of torch is then not slower.
+  "$uv" sync --quiet --project "$root" --locked --all-extras --compile-bytecode >&2
   touch "$venv/.complete"
 fi
 # Every call: the packages as locked, and the editable install pointed at this checkout (cheap when nothing
