@@ -5,10 +5,13 @@ PYTHON := .venv/bin/python
 # this checkout's own packages come first on the path, so every target runs the code it sits next to.
 export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR)/devcluster
 
-.PHONY: venv test unit lint format typecheck crds control-plane cluster-up cluster-down demo
+.PHONY: venv lock test unit lint format typecheck crds control-plane cluster-up cluster-down demo kind-up kind-e2e
 
-venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<deps hash>), linked as .venv
+venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<python + uv.lock hash>), linked as .venv
 	@bash hack/ensure-venv.sh >/dev/null
+
+lock:  ## re-resolve uv.lock after a dependency change in pyproject.toml (then `make venv` builds the new venv)
+	@"$$(bash hack/ensure-uv.sh)" lock
 
 control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached, versioned)
 	@bash hack/build-control-plane.sh
@@ -16,8 +19,8 @@ control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached
 test: venv control-plane lint typecheck  ## everything CI runs: lint, types, unit, runtime and cluster tests
 	$(PYTHON) -m pytest
 
-unit: venv  ## the fast tests only (no cluster, no multi-process torch)
-	$(PYTHON) -m pytest -m "not cluster and not distributed"
+unit: venv  ## the fast tests only (no cluster, no multi-process torch, no image installs)
+	$(PYTHON) -m pytest -m "not cluster and not distributed and not packaging"
 
 lint: venv
 	$(PYTHON) -m ruff check .
@@ -30,8 +33,9 @@ format: venv
 typecheck: venv  ## mypy --strict on every package
 	$(PYTHON) -m mypy api/maas_api operator/maas_operator runtime/maas_runtime devcluster/maas_devcluster
 
-crds: venv  ## regenerate crds/maasjob.yaml from the API models
+crds: venv  ## regenerate crds/maasjob.yaml from the API models (and the Helm chart's copy of it)
 	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml
+	cp crds/maasjob.yaml charts/maas-operator/crds/maasjob.yaml
 
 cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
 	@$(PYTHON) -m maas_devcluster up
@@ -42,3 +46,9 @@ cluster-down: venv  ## stop the operator the demo started (if any), then the loc
 
 demo: venv control-plane  ## the README's demo: cluster + operator + a job to Ready (left running; make cluster-down)
 	@bash hack/demo.sh
+
+kind-up:  ## (needs Docker, kind, kubectl, helm; not run by CI) a kind cluster with both images and the chart
+	@bash hack/kind-up.sh
+
+kind-e2e:  ## (needs Docker; not run by CI) kind-up, then an example job applied and waited for until Succeeded
+	@bash hack/kind-e2e.sh

@@ -1,44 +1,31 @@
 #!/usr/bin/env bash
-# Creates (once) the project's virtual environment under ~/.cache, keyed by the dependency list, and
-# installs this checkout into it in editable mode. Prints the venv folder as its last line.
+# Creates (once) the project's development virtual environment under ~/.cache from uv.lock, with every extra,
+# and installs this checkout into it in editable mode. Prints the venv folder as its last line.
 #
-# torch from PyPI is the CUDA build (a few GB with its nvidia packages); it runs fine on CPU. Keying the
-# venv by the dependency list means a fresh clone reuses it, and a dependency change builds a new one.
+# The folder is keyed by the Python version and the lock file, so a fresh clone reuses it and a new lock builds
+# a new one. torch from PyPI is the CUDA build (a few GB with its nvidia packages); it runs fine on CPU.
+# uv itself comes from hack/ensure-uv.sh (its own cache folder, the version and hashes uv.lock pins).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
-key=$("$python" - "$root/pyproject.toml" <<'PY'
-import hashlib, json, sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-deps = {"python": sys.version_info[:2], "deps": project["dependencies"],
-        "extras": project["optional-dependencies"]}
-print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:12])
-PY
-)
+uv=$(bash "$root/hack/ensure-uv.sh")
+key=$({ "$python" -c 'import sys; print(sys.version_info[:2])'; cat "$root/uv.lock"; } | sha256sum | cut -c1-12)
 venv="${MAAS_CACHE_DIR:-$HOME/.cache/maas-operator}/venv/$key"
+export UV_PROJECT_ENVIRONMENT=$venv UV_PYTHON_DOWNLOADS=never
 
 if [[ ! -f "$venv/.complete" ]]; then
-  echo "[venv] creating $venv (first time: downloads torch, a few GB) ..." >&2
+  echo "[venv] creating $venv from uv.lock (first time: downloads torch, a few GB) ..." >&2
   rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip setuptools wheel >&2
-  # Dependencies only: the checkout itself is installed below, on every call, because clones move.
-  "$venv/bin/python" - "$root/pyproject.toml" > "$venv/requirements.txt" <<'PY'
-import sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for req in project["dependencies"] + sum(project["optional-dependencies"].values(), []):
-    print(req)
-PY
-  "$venv/bin/pip" install --quiet -r "$venv/requirements.txt" >&2
+  "$uv" venv --quiet --python "$python" "$venv" >&2
+  # Bytecode compiled once at creation, as pip does: the first import of torch is then not slower.
+  "$uv" sync --quiet --project "$root" --locked --all-extras --compile-bytecode >&2
   touch "$venv/.complete"
 fi
-# Re-point the editable install at this checkout (cheap; a cached venv may have served another clone).
-# (Its output, setuptools' warnings included, is shown only when it fails.)
-if ! log=$("$venv/bin/pip" install --quiet --no-deps --no-build-isolation -e "$root" 2>&1); then
-  echo "$log" >&2
-  exit 1
-fi
+# Every call: the packages as locked, and the editable install pointed at this checkout (cheap when nothing
+# changed; a cached venv may have served another clone). --locked fails when pyproject.toml changed and
+# uv.lock was not updated (`make lock`).
+"$uv" sync --quiet --project "$root" --locked --all-extras >&2
 # A stable name for Makefile targets and editors: .venv -> the cached venv.
 ln -sfn "$venv" "$root/.venv"
 echo "$venv"

@@ -70,6 +70,9 @@ def apiserver_command(
         # PATCH per node; kwok reports Ready at once, so for a fake fleet the taint only costs start time
         # (5 s for 4 nodes, minutes for thousands). Nodes that go NotReady later are still tainted and evicted.
         "--disable-admission-plugins=TaintNodesByCondition",
+        # As strict as OpenShift about owner references: setting blockOwnerDeletion on a child needs `update`
+        # on its owner's finalizers, so the Helm chart's RBAC is tested against that rule too.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         "--profiling=false",
     ]
 

@@ -41,6 +41,8 @@ PLAN_VOLUME = "plan"
 SHM_VOLUME = "dshm"
 DATA_VOLUME = "data"
 CHECKPOINT_VOLUME = "checkpoints"
+WORKER_COMMAND = ("python", "-m", "maas_runtime.agent")
+"""Every worker's command: the runtime's torchrun agent (also the runtime image's ENTRYPOINT)."""
 RUN_AS_USER = 65532
 """The runtime image's non-root user (Dockerfile `USER 65532:65532`)."""
 
@@ -307,7 +309,7 @@ def worker_pod(
         "name": WORKER_CONTAINER,
         "image": spec.image or settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "maas_runtime.agent"],
+        "command": list(WORKER_COMMAND),
         "env": _env(spec, job, gang, worker),
         "ports": [
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},

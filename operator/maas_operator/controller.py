@@ -78,12 +78,15 @@ class Controller:
         start delivering once kopf is up, and a decision on a half-filled cache would redo work)."""
         for node in await self.kube.list_cluster("/api/v1/nodes"):
             self.cache.put_node(None, node)
-        for pod in await self.kube.list_cluster("/api/v1/pods"):
-            self.cache.put_pod(None, pod)
-        for configmap in await self.kube.list_cluster("/api/v1/configmaps", names.JOB_LABEL):
-            self.cache.put_configmap(None, configmap)
-        for job in await self.kube.list_cluster(f"/apis/{GROUP}/{VERSION}/{PLURAL}"):
-            self.queue.add(self.cache.put_job(None, job))
+        # Every namespace in one List each, or each watched namespace (a namespaced install may read no more).
+        scopes = [f"/namespaces/{ns}" for ns in self.settings.watch_namespaces] or [""]
+        for scope in scopes:
+            for pod in await self.kube.list_cluster(f"/api/v1{scope}/pods"):
+                self.cache.put_pod(None, pod)
+            for configmap in await self.kube.list_cluster(f"/api/v1{scope}/configmaps", names.JOB_LABEL):
+                self.cache.put_configmap(None, configmap)
+            for job in await self.kube.list_cluster(f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}"):
+                self.queue.add(self.cache.put_job(None, job))
 
     def start(self) -> None:
         self._tasks = [

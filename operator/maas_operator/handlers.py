@@ -47,13 +47,17 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # The operator posts its own events (controller -> kube.post_event); kopf's per-handler log events
     # would flood `kubectl describe` with one line per watch event.
     settings.posting.enabled = False
+    # No watching of CRDs and namespaces: the MaaSJob CRD is installed before the operator (Helm's crds/),
+    # and namespaces are given by exact name, so the operator's RBAC needs neither.
+    settings.scanning.disabled = True
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global _controller
     configure_kopf(settings)
-    operator_settings = OperatorSettings.from_environment()
+    # main() resolves flags and environment into memo.settings; a bare `kopf run` reads the environment.
+    operator_settings = memo.get("settings") or OperatorSettings.from_environment()
     metrics.serve(operator_settings.metrics_port)
     controller = Controller(Kube(await connect()), operator_settings)
     await controller.prime()

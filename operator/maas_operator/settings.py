@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_RUNTIME_IMAGE = "maas-runtime:0.1.0"
 """The runtime image built by the Dockerfile's `runtime` target (a job's spec.image overrides it)."""
+LOG_FORMATS = ("text", "json")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class OperatorSettings:
     """Prometheus metrics on http://0.0.0.0:PORT/metrics (0: off)."""
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     """kopf's liveness endpoint ('' to disable)."""
+    watch_namespaces: tuple[str, ...] = ()
+    """The namespaces whose MaaSJobs, pods and ConfigMaps the operator watches; empty: every namespace.
+    Exact names, no globs: a namespaced install grants the operator a Role in each of them and nothing that
+    could list namespaces. Nodes are cluster-scoped and always watched."""
+    log_format: str = "text"
+    """'text' (one line per record) or 'json' (one JSON object per line, for log collectors)."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -54,7 +63,30 @@ class OperatorSettings:
             progress_interval_seconds=_seconds(env, "MAAS_PROGRESS_INTERVAL_SECONDS", 5.0),
             metrics_port=int(env.get("MAAS_METRICS_PORT", "8000")),
             liveness_endpoint=env.get("MAAS_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"),
+            watch_namespaces=namespace_list(
+                "MAAS_WATCH_NAMESPACES", env.get("MAAS_WATCH_NAMESPACES", "").replace(",", " ").split()
+            ),
+            log_format=_choice(env, "MAAS_LOG_FORMAT", LOG_FORMATS),
         )
+
+
+def namespace_list(source: str, names: Sequence[str]) -> tuple[str, ...]:
+    """Namespace names, checked (each a DNS-1123 label) and deduplicated in order; `source` names the
+    variable or flag they came from, for the error."""
+    for name in names:
+        if not _NAMESPACE.fullmatch(name):
+            raise SystemExit(
+                f"{source}: {name!r} is not a namespace name (lowercase letters, digits and '-', at most 63;"
+                " globs are not supported: list the namespaces)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, choices[0])
+    if raw not in choices:
+        raise SystemExit(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+    return raw
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

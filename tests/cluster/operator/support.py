@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,21 @@ TEST_POOL_LABEL = "test.maas.dev/pool"
 class OperatorProcess:
     """`python -m maas_operator` against the local cluster, as a real process (start, kill, restart)."""
 
-    def __init__(self, cluster: LocalCluster, log_dir: Path, resync_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        log_dir: Path,
+        resync_seconds: float = 30.0,
+        kubeconfig: Path | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        """`kubeconfig`: whose credentials it runs with (default: the admin's); `environment`: MAAS_* settings
+        (the metrics and liveness ports are always free ports of this machine)."""
         self.cluster = cluster
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.environment = dict(environment or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.metrics_port = 0
@@ -47,9 +58,10 @@ class OperatorProcess:
         self.metrics_port, self.liveness_port = free_port(), free_port()
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "MAAS_METRICS_PORT": str(self.metrics_port),
             "MAAS_RESYNC_SECONDS": str(self.resync_seconds),
+            **self.environment,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MAAS_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
