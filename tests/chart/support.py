@@ -26,6 +26,7 @@ NAMESPACED_RESOURCES = (
     "maasjobs/status",
     "maasjobs/finalizers",
     "pods",
+    "pods/status",
     "configmaps",
     "services",
     "events",

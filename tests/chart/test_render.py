@@ -63,6 +63,7 @@ JOB_NAMESPACE_PERMISSIONS = {
     ("maas.dev", "maasjobs/status", "patch"),
     ("maas.dev", "maasjobs/finalizers", "update"),
     *(("", "pods", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")),
+    ("", "pods/status", "patch"),
     *(("", "configmaps", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     ("", "services", "create"),
     ("", "services", "patch"),

@@ -59,6 +59,10 @@ No Secrets, no get/list of anything else.
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
+  resources: ["pods/status"]
+  # Serve: the pipeline-ready readiness gate on each replica's first worker.
+  verbs: ["patch"]
+- apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
