@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/runtime:$(CURDIR
 venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<deps hash>), linked as .venv
 	@bash hack/ensure-venv.sh >/dev/null
 
-control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached, versioned)
+control-plane:  ## build etcd, Kubernetes, kwok, helm and the real node's components from Go modules (cached)
 	@bash hack/build-control-plane.sh
 
 test: venv control-plane lint typecheck  ## everything CI runs: lint, types, unit, runtime and cluster tests
@@ -33,8 +33,8 @@ typecheck: venv  ## mypy --strict on every package
 crds: venv  ## regenerate crds/maasjob.yaml from the API models
 	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml
 
-cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
-	@$(PYTHON) -m maas_devcluster up
+cluster-up: venv control-plane  ## start the local control plane (REAL_NODE=1: and a real node); prints `export KUBECONFIG=...` last
+	@$(PYTHON) -m maas_devcluster up $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 cluster-down: venv  ## stop the operator the demo started (if any), then the local control plane
 	@PATH=$(CURDIR)/.venv/bin:$$PATH bash hack/local-operator.sh stop

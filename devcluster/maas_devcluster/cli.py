@@ -31,6 +31,12 @@ def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
     )
     start.add_argument("--nodes", type=int, default=None, help="override the node count (scale benchmarks)")
     start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    start.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start one real node (kubelet, containerd, runc, CNI bridge, CoreDNS) whose pods really run; "
+        "needs root, overlayfs and cgroups",
+    )
     commands.add_parser("down", help="stop every component and delete the state folder")
     commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
     return parser
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> in
             cluster = load_cluster_description(arguments.cluster)
             if arguments.nodes is not None:
                 cluster = cluster.with_node_count(arguments.nodes)
-            running = up(arguments.state_dir, cluster, timeout_seconds=arguments.timeout)
+            running = up(
+                arguments.state_dir, cluster, timeout_seconds=arguments.timeout, real_node=arguments.real_node
+            )
             # Last line of stdout, so `eval "$(python -m maas_devcluster up)"` points kubectl at it.
             print(running.export_line(), flush=True)
             return 0
