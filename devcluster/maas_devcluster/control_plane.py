@@ -422,6 +422,11 @@ def _running_cluster(layout: StateLayout) -> DevCluster | None:
     return DevCluster(layout.root, state, reused=True)
 
 
+def attach(state_dir: Path | None = None) -> DevCluster | None:
+    """The cluster running from this state folder, or None."""
+    return _running_cluster(StateLayout((state_dir or default_state_dir()).resolve()))
+
+
 def up(
     state_dir: Path | None = None,
     cluster: ClusterDescription | None = None,

@@ -119,15 +119,16 @@ def _toml_string(value: str) -> str:
 
 
 def containerd_config(layout: NodeLayout, bin_dir: Path, sandbox_image: str) -> str:
-    """containerd's config (version 3): every path of its own under the node folder."""
+    """containerd's config (version 4, containerd 2.x): every path of its own under the node folder."""
     runtime = "plugins.'io.containerd.cri.v1.runtime'"
     return "\n".join(
         [
-            "version = 3",
+            "version = 4",
             f"root = {_toml_string(str(layout.containerd_root))}",
             f"state = {_toml_string(str(layout.containerd_state))}",
-            # The default imports /etc/containerd/conf.d: the host's settings must not leak in.
-            "imports = []",
+            # The default imports /etc/containerd/conf.d/*.toml (an empty list keeps that default): the host's
+            # settings must not leak in, so imports point into our own (empty) folder.
+            f"imports = [{_toml_string(str(layout.root / 'containerd' / 'conf.d' / '*.toml'))}]",
             "",
             "[grpc]",
             f"  address = {_toml_string(str(layout.containerd_socket))}",

@@ -206,7 +206,8 @@ class PythonInstallation:
 
     @classmethod
     def current(cls) -> PythonInstallation:
-        return cls(Path(sys.prefix), Path(sys.base_prefix))
+        # Resolved: a venv reached through a link (a checkout's .venv) is mounted from its real folder.
+        return cls(Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve())
 
 
 def worker_pod_patch(python: PythonInstallation) -> dict[str, Any]:

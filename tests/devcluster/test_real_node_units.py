@@ -87,7 +87,7 @@ LAYOUT = NodeLayout(Path("/state/node"))
 
 def test_containerd_keeps_everything_under_the_node_folder_with_the_settings_our_machines_need() -> None:
     config = tomllib.loads(containerd_config(LAYOUT, Path("/bin-dir"), "docker.io/library/maas-pause:abc"))
-    assert config["version"] == 3 and config["imports"] == []
+    assert config["version"] == 4 and config["imports"] == ["/state/node/containerd/conf.d/*.toml"]
     assert (
         config["root"] == "/state/node/containerd/root" and config["state"] == "/state/node/containerd/state"
     )

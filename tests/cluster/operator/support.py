@@ -29,10 +29,18 @@ TEST_POOL_LABEL = "test.maas.dev/pool"
 class OperatorProcess:
     """`python -m maas_operator` against the local cluster, as a real process (start, kill, restart)."""
 
-    def __init__(self, cluster: LocalCluster, log_dir: Path, resync_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        log_dir: Path,
+        resync_seconds: float = 30.0,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
+        self.environment = environment or {}
+        """Operator settings (MAAS_*) of this process."""
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.metrics_port = 0
@@ -51,6 +59,7 @@ class OperatorProcess:
             "MAAS_METRICS_PORT": str(self.metrics_port),
             "MAAS_RESYNC_SECONDS": str(self.resync_seconds),
             "PYTHONUNBUFFERED": "1",
+            **self.environment,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("wb")
@@ -94,6 +103,19 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text()
+
+
+def install_crd(cluster: LocalCluster) -> None:
+    """Applies the MaaSJob CRD and waits until it is Established."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "maasjob.yaml"))
+
+    # Not `kubectl wait`: it fails outright while the new CRD has no status.conditions yet.
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd/maasjobs.maas.dev", "-o", "json").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until("the MaaSJob CRD Established", established)
 
 
 def load_example(name: str) -> dict[str, Any]:
