@@ -24,6 +24,9 @@ POD_INTERFACE = "eth0"
 """The pod's network interface (CNI's default name); gloo must be told to use it."""
 CNI_PLUGINS = {"bridge": "cni-bridge", "host-local": "cni-host-local", "loopback": "cni-loopback"}
 """CNI plugin name -> our binary's name: containerd looks a plugin up by its name in bin_dirs."""
+CONTAINERD_DROP_INS = "/etc/containerd/conf.d"
+"""containerd always merges the *.toml files here into any config (imports only add to it): the host check
+refuses to start the node when there are some."""
 NODE_BINARIES = (
     "kubelet",
     "containerd",
@@ -126,9 +129,6 @@ def containerd_config(layout: NodeLayout, bin_dir: Path, sandbox_image: str) -> 
             "version = 4",
             f"root = {_toml_string(str(layout.containerd_root))}",
             f"state = {_toml_string(str(layout.containerd_state))}",
-            # The default imports /etc/containerd/conf.d/*.toml (an empty list keeps that default): the host's
-            # settings must not leak in, so imports point into our own (empty) folder.
-            f"imports = [{_toml_string(str(layout.root / 'containerd' / 'conf.d' / '*.toml'))}]",
             "",
             "[grpc]",
             f"  address = {_toml_string(str(layout.containerd_socket))}",

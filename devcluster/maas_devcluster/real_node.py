@@ -32,6 +32,7 @@ from maas_devcluster.layout import StateLayout
 from maas_devcluster.node_config import (
     BRIDGE_NAME,
     CNI_PLUGINS,
+    CONTAINERD_DROP_INS,
     NODE_BINARIES,
     NODE_NAME,
     POD_SUBNET,
@@ -133,6 +134,7 @@ class HostFacts:
     bridge_in_use: bool
     host_networks: tuple[str, ...] = ()
     """Networks of the host's addresses (CIDR), to find a clash with the pod subnet."""
+    containerd_drop_ins: tuple[str, ...] = ()
 
 
 def probe_host() -> HostFacts:
@@ -150,6 +152,7 @@ def probe_host() -> HostFacts:
         listing = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
         networks = tuple(line.split()[3] for line in listing.stdout.splitlines() if len(line.split()) > 3)
     return HostFacts(
+        containerd_drop_ins=tuple(sorted(str(path) for path in Path(CONTAINERD_DROP_INS).glob("*.toml"))),
         euid=os.geteuid(),
         filesystems=filesystems,
         cgroup_hierarchies=hierarchies,
@@ -177,6 +180,11 @@ def missing_prerequisites(facts: HostFacts, subnet: str = POD_SUBNET) -> list[st
         missing.append(
             f"a free bridge: {BRIDGE_NAME} exists, so another real node runs on this machine (one per machine; "
             "stop it with `maas dev-cluster down` on its state folder)"
+        )
+    if facts.containerd_drop_ins:
+        missing.append(
+            f"no containerd drop-ins: containerd would merge {', '.join(facts.containerd_drop_ins)} into the "
+            "node's own config (move them aside while the real node runs)"
         )
     pods = ipaddress.ip_network(subnet)
     clashes = [net for net in facts.host_networks if ipaddress.ip_interface(net).network.overlaps(pods)]
