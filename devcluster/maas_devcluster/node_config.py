@@ -39,6 +39,22 @@ NODE_BINARIES = (
 )
 
 
+MAX_SOCKET_PATH = 104
+"""Longest unix socket path containerd accepts (the kernel's limit is 107 bytes)."""
+
+
+def socket_path_problem(layout: NodeLayout) -> str | None:
+    """Pure: why the node folder is too deep for its sockets, or None."""
+    longest = max(layout.sockets, key=lambda path: len(str(path)))
+    if len(str(longest)) <= MAX_SOCKET_PATH:
+        return None
+    room = MAX_SOCKET_PATH - (len(str(longest)) - len(str(layout.root.parent)))
+    return (
+        f"a shorter state folder: the node's socket {longest} is {len(str(longest))} characters long, over "
+        f"the {MAX_SOCKET_PATH} a unix socket allows (use a --state-dir of at most {room} characters)"
+    )
+
+
 def gateway_address(subnet: str = POD_SUBNET) -> str:
     """The bridge's own address: the node's InternalIP, where the kubelet and CoreDNS listen."""
     return str(next(ipaddress.ip_network(subnet).hosts()))
@@ -64,7 +80,15 @@ class NodeLayout:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.root / "containerd.sock"
+
+    @property
+    def sockets(self) -> tuple[Path, ...]:
+        """The unix sockets made under the node folder, whose paths must fit MAX_SOCKET_PATH."""
+        return (
+            Path(f"{self.containerd_socket}.ttrpc"),
+            self.kubelet_root / "pod-resources" / "kubelet.sock",
+        )
 
     @property
     def cni_bin(self) -> Path:
@@ -130,8 +154,12 @@ def containerd_config(layout: NodeLayout, bin_dir: Path, sandbox_image: str) -> 
             f"root = {_toml_string(str(layout.containerd_root))}",
             f"state = {_toml_string(str(layout.containerd_state))}",
             "",
-            "[grpc]",
+            # Version 4 configures each server as a plugin; one left out listens at its default under
+            # /run/containerd, so both get an address of ours.
+            "[plugins.'io.containerd.server.v1.grpc']",
             f"  address = {_toml_string(str(layout.containerd_socket))}",
+            "[plugins.'io.containerd.server.v1.ttrpc']",
+            f"  address = {_toml_string(str(layout.containerd_socket) + '.ttrpc')}",
             "",
             "[plugins.'io.containerd.cri.v1.images']",
             "  snapshotter = 'overlayfs'",

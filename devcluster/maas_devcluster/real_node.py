@@ -47,6 +47,7 @@ from maas_devcluster.node_config import (
     kubelet_command,
     kubelet_config,
     kubelet_config_yaml,
+    socket_path_problem,
 )
 from maas_devcluster.node_images import (
     Image,
@@ -193,8 +194,10 @@ def missing_prerequisites(facts: HostFacts, subnet: str = POD_SUBNET) -> list[st
     return missing
 
 
-def check_host() -> None:
+def check_host(node: NodeLayout) -> None:
     missing = missing_prerequisites(probe_host())
+    if (problem := socket_path_problem(node)) is not None:
+        missing.append(problem)
     if missing:
         raise RealNodeUnavailableError(
             "the real node cannot run on this machine; missing: " + "; ".join(missing)
@@ -321,7 +324,8 @@ def start_real_node(
     binaries: ControlPlaneBinaries | None = None,
 ) -> RealNode:
     """Starts the node on a running control plane; on failure everything started is undone."""
-    check_host()
+    node = node_layout(layout)
+    check_host(node)
     started = time.monotonic()
     deadline = started + timeout_seconds
     milestones: dict[str, float] = {}
@@ -330,7 +334,6 @@ def start_real_node(
         milestones[milestone] = round(time.monotonic() - started, 2)
 
     binaries = binaries or find_binaries(NODE_BINARIES)
-    node = node_layout(layout)
     if node.root.exists():
         shutil.rmtree(node.root)
     node.root.mkdir(parents=True)

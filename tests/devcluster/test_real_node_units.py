@@ -22,6 +22,7 @@ from maas_devcluster.node_config import (
     gateway_address,
     kubelet_command,
     kubelet_config,
+    socket_path_problem,
 )
 from maas_devcluster.node_images import (
     IMAGE_NAME_ANNOTATION,
@@ -85,6 +86,16 @@ def test_every_missing_prerequisite_is_reported_at_once() -> None:
     assert len(missing_prerequisites(facts)) == 4
 
 
+def test_a_state_folder_too_deep_for_the_node_sockets_is_refused_with_the_length_that_fits() -> None:
+    assert socket_path_problem(NodeLayout(Path("/tmp/pytest-of-root/pytest-3/real-node0/node"))) is None
+    deep = NodeLayout(Path("/tmp/pytest-of-root/pytest-30/test_up_real_node_runs_pods_an0/cluster/node"))
+    problem = socket_path_problem(deep)
+    assert problem is not None and problem.startswith("a shorter state folder: the node's socket ")
+    assert problem.endswith("(use a --state-dir of at most 64 characters)")
+    assert socket_path_problem(NodeLayout(Path("/" + "x" * 63) / "node")) is None
+    assert socket_path_problem(NodeLayout(Path("/" + "x" * 64) / "node")) is not None
+
+
 # -- configuration files ----------------------------------------------------------------------------------------
 LAYOUT = NodeLayout(Path("/state/node"))
 
@@ -95,8 +106,9 @@ def test_containerd_keeps_everything_under_the_node_folder_with_the_settings_our
     assert (
         config["root"] == "/state/node/containerd/root" and config["state"] == "/state/node/containerd/state"
     )
-    assert config["grpc"]["address"] == "/state/node/containerd/containerd.sock"
     plugins = config["plugins"]
+    assert plugins["io.containerd.server.v1.grpc"]["address"] == "/state/node/containerd.sock"
+    assert plugins["io.containerd.server.v1.ttrpc"]["address"] == "/state/node/containerd.sock.ttrpc"
     assert (
         plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
         == "docker.io/library/maas-pause:abc"
@@ -126,7 +138,7 @@ def test_the_kubelet_authenticates_by_certificate_and_authorizes_by_webhook() ->
     assert config["readOnlyPort"] == 0 and config["address"] == gateway_address() == "10.244.0.1"
     assert config["failCgroupV1"] is False and config["cgroupDriver"] == "cgroupfs"
     assert config["clusterDNS"] == ["10.244.0.1"]
-    assert config["containerRuntimeEndpoint"] == "unix:///state/node/containerd/containerd.sock"
+    assert config["containerRuntimeEndpoint"] == "unix:///state/node/containerd.sock"
     assert config["registerWithTaints"] == [{"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}]
     command = kubelet_command(Path("/bin/kubelet"), LAYOUT)
     assert (

@@ -46,8 +46,11 @@ def processes_started_from(state_dir: Path) -> list[tuple[int, list[str]]]:
     return found
 
 
-def test_up_real_node_runs_pods_and_down_leaves_the_host_as_it_found_it(tmp_path: Path) -> None:
-    state_dir = tmp_path / "cluster"
+def test_up_real_node_runs_pods_and_down_leaves_the_host_as_it_found_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A short folder: the node's unix sockets live in it (a test's own tmp_path is too deep for them).
+    state_dir = tmp_path_factory.mktemp("real-node") / "cluster"
     node_root = node_layout(StateLayout(state_dir)).root
     before = host_state.snapshot_host(node_root)
     started = run_cli(state_dir, "up", "--nodes", "1", "--real-node")
