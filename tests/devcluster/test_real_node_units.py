@@ -264,6 +264,7 @@ def test_the_worker_pod_patch_mounts_the_host_python_into_the_operators_worker_p
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["host-venv"]["hostPath"]["path"] == "/root/.cache/venv/x"
     assert {"name": "GLOO_SOCKET_IFNAME", "value": "eth0"} in worker["env"]
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in worker["env"]
     assert {"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"} in pod["spec"][
         "tolerations"
     ]
