@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 from maas_devcluster.control_plane import default_state_dir, down, format_status, status, up
+from maas_devcluster.layout import StateLayout
+from maas_devcluster.real_node import read_real_node
 from maas_devcluster.topology import load_cluster_description
 
 
@@ -37,7 +40,11 @@ def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
         help="also start one real node (kubelet, containerd, runc, CNI bridge, CoreDNS) whose pods really run; "
         "needs root, overlayfs and cgroups",
     )
-    commands.add_parser("down", help="stop every component and delete the state folder")
+    commands.add_parser("down", help="stop every component (the real node first) and delete the state folder")
+    commands.add_parser(
+        "operator-env",
+        help="print `export` lines of the operator settings that run workers on the real node (none without one)",
+    )
     commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
     return parser
 
@@ -60,6 +67,11 @@ def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> in
         if arguments.command == "down":
             stopped = down(arguments.state_dir)
             print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
+            return 0
+        if arguments.command == "operator-env":
+            node = read_real_node(StateLayout((arguments.state_dir or default_state_dir()).resolve()))
+            for name, value in (node.operator_environment() if node else {}).items():
+                print(f"export {name}={shlex.quote(value)}")
             return 0
         report = status(arguments.state_dir)
         print(format_status(report))
