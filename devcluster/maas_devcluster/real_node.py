@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -517,24 +518,41 @@ def stop_real_node(layout: StateLayout, client: ApiClient | None, timeout_second
             os.kill(pid, signal.SIGKILL)
     _wait_gone(leftovers)
 
-    # 3. Mounts (overlays, shm, namespaces, the kubelet's own) under our folder and the host paths we made.
+    # 3-5. Each undo runs even when an earlier one failed; what failed is reported together, and the record
+    # is kept so that `down` can run again once it is fixed.
     created_paths = [path for path in host_state.HOST_PATHS if path not in before.existing_paths]
-    host_state.unmount_under([str(node.root), *created_paths], keep=before.mount_points)
-    host_state.remove_paths(path for path in created_paths if os.path.lexists(path))
+    failures: list[str] = []
 
+    def undo(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            failures.append(f"{what}: {error}")
+
+    # 3. Mounts (overlays, shm, namespaces, the kubelet's own) under our folder and the host paths we made.
+    undo(
+        "unmount",
+        lambda: host_state.unmount_under([str(node.root), *created_paths], keep=before.mount_points),
+    )
+    undo("host paths", lambda: host_state.remove_paths(p for p in created_paths if os.path.lexists(p)))
     # 4. The network: pod veths still left (new since the start), then the bridge.
     for link in sorted(set(host_state.network_links()) - set(before.links)):
         if link.startswith("veth"):
-            host_state.delete_link(link)
-    host_state.delete_link(BRIDGE_NAME)
-
+            undo(f"link {link}", partial(host_state.delete_link, link))
+    undo(f"bridge {BRIDGE_NAME}", partial(host_state.delete_link, BRIDGE_NAME))
     # 5. Sysctls, then cgroups bottom-up (empty now).
-    changed = host_state.restore_sysctls(before.sysctls)
+    changed: list[str] = []
+    undo("sysctls", lambda: changed.extend(host_state.restore_sysctls(before.sysctls)))
     if changed:
         _say(f"restored sysctls: {', '.join(changed)}")
     for cgroup in _created(before.cgroups):
-        host_state.remove_cgroup_tree(Path(cgroup))
-    shutil.rmtree(node.root, ignore_errors=False)
+        undo(f"cgroup {cgroup}", partial(host_state.remove_cgroup_tree, Path(cgroup)))
+    if failures:
+        raise RuntimeError(
+            f"the real node stopped, but the host is not fully restored ({'; '.join(failures)}); fix that and "
+            f"run `down` again (the record is {node.host_state})"
+        )
+    shutil.rmtree(node.root)
     for component in NODE_COMPONENTS:
         layout.pid_file(component).unlink(missing_ok=True)
 

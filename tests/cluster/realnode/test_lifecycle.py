@@ -86,6 +86,9 @@ def test_up_real_node_runs_pods_and_down_leaves_the_host_as_it_found_it(
         assert running["spec"]["nodeName"] == NODE_NAME and running["status"]["podIP"].startswith("10.244.0.")
         during = host_state.snapshot_host(node_root)
         assert host_state.changes_since(before, during), "the node should have changed the host"
+        again = run_cli(state_dir, "up", "--nodes", "1", "--real-node")
+        assert again.returncode == 0 and "reusing the real node already running" in again.stderr, again.stderr
+        assert read_real_node(StateLayout(state_dir)) == node
         settings = run_cli(state_dir, "operator-env").stdout.splitlines()
         assert "export MAAS_IMAGE_PULL_POLICY=Never" in settings
         assert f"export MAAS_RUNTIME_IMAGE={node.images['runtime']}" in settings
