@@ -93,11 +93,8 @@ RBAC_OBJECTS: tuple[tuple[str, dict[str, Any]], ...] = (
             "kind": "ClusterRole",
             "metadata": {"name": COREDNS.user},
             "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["endpoints", "services", "pods", "namespaces"],
-                    "verbs": ["list", "watch"],
-                },
+                # What CoreDNS's kubernetes plugin watches with `pods insecure` (no pod informer).
+                {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["list", "watch"]},
                 {
                     "apiGroups": ["discovery.k8s.io"],
                     "resources": ["endpointslices"],
