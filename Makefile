@@ -13,7 +13,7 @@ venv:  ## the cached virtual environment (~/.cache/maas-operator/venv/<python + 
 lock:  ## re-resolve uv.lock after a dependency change in pyproject.toml (then `make venv` builds the new venv)
 	@"$$(bash hack/ensure-uv.sh)" lock
 
-control-plane:  ## build etcd, Kubernetes, kwok and helm from Go modules (cached, versioned)
+control-plane:  ## build etcd, Kubernetes, kwok, helm and the real node's components from Go modules (cached)
 	@bash hack/build-control-plane.sh
 
 test: venv control-plane lint typecheck  ## everything CI runs: lint, types, unit, runtime and cluster tests
@@ -37,8 +37,8 @@ crds: venv  ## regenerate crds/maasjob.yaml from the API models (and the Helm ch
 	$(PYTHON) -m maas_api.crd --output crds/maasjob.yaml
 	cp crds/maasjob.yaml charts/maas-operator/crds/maasjob.yaml
 
-cluster-up: venv control-plane  ## start the local control plane; prints `export KUBECONFIG=...` last
-	@$(PYTHON) -m maas_devcluster up
+cluster-up: venv control-plane  ## start the local control plane (REAL_NODE=1: and a real node); prints `export KUBECONFIG=...` last
+	@$(PYTHON) -m maas_devcluster up $(if $(filter 1,$(REAL_NODE)),--real-node)
 
 cluster-down: venv  ## stop the operator the demo started (if any), then the local control plane
 	@PATH=$(CURDIR)/.venv/bin:$$PATH bash hack/local-operator.sh stop

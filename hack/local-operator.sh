@@ -33,6 +33,8 @@ case "${1:-}" in
       exit 0
     fi
     [[ -f "$state_dir/kubeconfig" ]] || { echo "[operator] no dev cluster in $state_dir (make cluster-up)" >&2; exit 1; }
+    # With a real node (`up --real-node`), workers run there: its runtime image and worker pod patch.
+    eval "$(python -m maas_devcluster --state-dir "$state_dir" operator-env)"
     # Free ports rather than the defaults (8000, 8080): the machine may run other things on those.
     metrics_port=$(free_port)
     liveness_port=$(free_port)

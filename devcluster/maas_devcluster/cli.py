@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 from maas_devcluster.control_plane import default_state_dir, down, format_status, status, up
+from maas_devcluster.layout import StateLayout
+from maas_devcluster.real_node import read_real_node
 from maas_devcluster.topology import load_cluster_description
 
 
@@ -31,7 +34,17 @@ def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
     )
     start.add_argument("--nodes", type=int, default=None, help="override the node count (scale benchmarks)")
     start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
-    commands.add_parser("down", help="stop every component and delete the state folder")
+    start.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start one real node (kubelet, containerd, runc, CNI bridge, CoreDNS) whose pods really run; "
+        "needs root, overlayfs and cgroups",
+    )
+    commands.add_parser("down", help="stop every component (the real node first) and delete the state folder")
+    commands.add_parser(
+        "operator-env",
+        help="print `export` lines of the operator settings that run workers on the real node (none without one)",
+    )
     commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
     return parser
 
@@ -45,13 +58,20 @@ def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> in
             cluster = load_cluster_description(arguments.cluster)
             if arguments.nodes is not None:
                 cluster = cluster.with_node_count(arguments.nodes)
-            running = up(arguments.state_dir, cluster, timeout_seconds=arguments.timeout)
+            running = up(
+                arguments.state_dir, cluster, timeout_seconds=arguments.timeout, real_node=arguments.real_node
+            )
             # Last line of stdout, so `eval "$(python -m maas_devcluster up)"` points kubectl at it.
             print(running.export_line(), flush=True)
             return 0
         if arguments.command == "down":
             stopped = down(arguments.state_dir)
             print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
+            return 0
+        if arguments.command == "operator-env":
+            node = read_real_node(StateLayout((arguments.state_dir or default_state_dir()).resolve()))
+            for name, value in (node.operator_environment() if node else {}).items():
+                print(f"export {name}={shlex.quote(value)}")
             return 0
         report = status(arguments.state_dir)
         print(format_status(report))

@@ -60,7 +60,15 @@ def apiserver_command(
         f"--tls-cert-file={certificates.serving_cert}",
         f"--tls-private-key-file={certificates.serving_key}",
         f"--client-ca-file={certificates.ca_cert}",
-        "--authorization-mode=RBAC",
+        # Node authorizes kubelets (only their own node and pods), NodeRestriction limits what they may write.
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        # Kubelets (the real node's) are reached with a client certificate of our own and must present a
+        # serving certificate from our CA, at their InternalIP (a made-up node name does not resolve).
+        f"--kubelet-client-certificate={certificates.client_cert(cluster_pki.APISERVER_KUBELET_CLIENT)}",
+        f"--kubelet-client-key={certificates.client_key(cluster_pki.APISERVER_KUBELET_CLIENT)}",
+        f"--kubelet-certificate-authority={certificates.ca_cert}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={certificates.service_account_public_key}",
         f"--service-account-signing-key-file={certificates.service_account_key}",

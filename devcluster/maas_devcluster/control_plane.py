@@ -38,6 +38,15 @@ from maas_devcluster.processes import (
     start_detached,
     stop_processes,
 )
+from maas_devcluster.real_node import (
+    NODE_COMPONENTS,
+    RealNode,
+    read_real_node,
+    recorded_node_pids,
+    running_real_node,
+    start_real_node,
+    stop_real_node,
+)
 from maas_devcluster.topology import ClusterDescription, build_node_manifests, load_cluster_description
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -115,6 +124,10 @@ class DevCluster:
 
     def export_line(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig}"
+
+    def real_node(self) -> RealNode | None:
+        """The real node started on this cluster (`up --real-node`), if any."""
+        return read_real_node(self.layout)
 
 
 @dataclass
@@ -409,13 +422,20 @@ def _running_cluster(layout: StateLayout) -> DevCluster | None:
     return DevCluster(layout.root, state, reused=True)
 
 
+def attach(state_dir: Path | None = None) -> DevCluster | None:
+    """The cluster running from this state folder, or None."""
+    return _running_cluster(StateLayout((state_dir or default_state_dir()).resolve()))
+
+
 def up(
     state_dir: Path | None = None,
     cluster: ClusterDescription | None = None,
     binaries: ControlPlaneBinaries | None = None,
     timeout_seconds: float = 180.0,
+    real_node: bool = False,
 ) -> DevCluster:
-    """Starts the cluster, or reuses the one already running from this state folder."""
+    """Starts the cluster, or reuses the one already running from this state folder; with `real_node`, also
+    the real node (reused too when it runs)."""
     layout = StateLayout((state_dir or default_state_dir()).resolve())
     cluster = cluster or load_cluster_description()
     with _state_lock(layout):
@@ -430,24 +450,41 @@ def up(
                 wait_for_nodes(
                     client, len(manifests), time.monotonic() + timeout_seconds, running.state.pids, layout
                 )
-            return running
-        leftovers = _recorded_pids(layout)
-        if leftovers:
-            _say(f"stopping the remains of an unhealthy cluster: {sorted(leftovers)}")
-            stop_components(leftovers)
-        return _start_cluster(layout, cluster, binaries or find_binaries(), timeout_seconds)
+        else:
+            # A node left by a cluster that died must give the host back before its folder is deleted.
+            stop_real_node(layout, None)
+            leftovers = _recorded_pids(layout)
+            if leftovers:
+                _say(f"stopping the remains of an unhealthy cluster: {sorted(leftovers)}")
+                stop_components(leftovers)
+            running = _start_cluster(layout, cluster, binaries or find_binaries(), timeout_seconds)
+        if real_node:
+            client = running.admin_client()
+            if running_real_node(layout, client) is not None:
+                _say("reusing the real node already running")
+            else:
+                stop_real_node(layout, client)
+                start_real_node(layout, running.server, client, running.state.name, timeout_seconds)
+        return running
 
 
 def down(state_dir: Path | None = None, timeout_seconds: float = 15.0) -> list[str]:
     """Stops every component (SIGTERM, then SIGKILL after the timeout) and deletes the state folder."""
     layout = StateLayout((state_dir or default_state_dir()).resolve())
     with _state_lock(layout):
+        state = _read_state(layout)
         pids = _recorded_pids(layout)
+        node_pids = recorded_node_pids(layout)
+        # The real node first, while the API server can still delete its pods.
+        client = (
+            admin_client_for(layout, state.server) if state is not None and "kube-apiserver" in pids else None
+        )
+        stop_real_node(layout, client)
         forced = stop_components(pids, timeout_seconds)
         if forced:
             _say(f"needed SIGKILL: {forced}")
         _remove_state_folder(layout)
-    return sorted(pids)
+    return sorted(pids) + sorted(node_pids)
 
 
 def status(state_dir: Path | None = None) -> ClusterStatus:
@@ -459,8 +496,11 @@ def status(state_dir: Path | None = None) -> ClusterStatus:
         return report
     report.server = state.server
     running = _recorded_pids(layout)
-    for component in COMPONENTS:
-        pid = running.get(component, state.pids.get(component))
+    node = read_real_node(layout)
+    if node is not None:
+        running.update(recorded_node_pids(layout))
+    for component in COMPONENTS + (NODE_COMPONENTS if node is not None else ()):
+        pid = running.get(component, state.pids.get(component, node.pids.get(component) if node else None))
         report.components.append(
             ComponentStatus(
                 name=component,

@@ -41,7 +41,9 @@ CONTROLLER_MANAGER = ClientIdentity("kube-controller-manager", "system:kube-cont
 SCHEDULER = ClientIdentity("kube-scheduler", "system:kube-scheduler")
 # kwok writes status for every fake node and pod, so it gets full rights like a node fleet would need.
 KWOK = ClientIdentity("kwok", "kwok-controller", ("system:masters",))
-CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The API server's identity towards kubelets (logs, exec): bound to system:kubelet-api-admin, no more.
+APISERVER_KUBELET_CLIENT = ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, APISERVER_KUBELET_CLIENT)
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,7 @@ def create_pki(folder: Path) -> ClusterPki:
          "extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(API_SERVER_NAMES)],
     )  # fmt: skip
     for identity in CLIENT_IDENTITIES:
-        key = pki.client_key(identity)
-        _new_ec_key(key)
-        _sign(
-            pki, key, pki.client_cert(identity), _subject(identity.user, identity.groups),
-            ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
-             "extendedKeyUsage=clientAuth"],
-        )  # fmt: skip
+        issue_client_cert(pki, identity)
     # Service-account tokens are signed with RSA, the algorithm every token consumer supports.
     _openssl(
         "genpkey",
@@ -150,6 +146,28 @@ def create_pki(folder: Path) -> ClusterPki:
         "pkey", "-in", str(pki.service_account_key), "-pubout", "-out", str(pki.service_account_public_key)
     )
     return pki
+
+
+def issue_client_cert(pki: ClusterPki, identity: ClientIdentity) -> None:
+    """A key and a client certificate (CN = user, O = groups) signed by the cluster CA."""
+    key = pki.client_key(identity)
+    _new_ec_key(key)
+    _sign(
+        pki, key, pki.client_cert(identity), _subject(identity.user, identity.groups),
+        ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
+         "extendedKeyUsage=clientAuth"],
+    )  # fmt: skip
+
+
+def issue_serving_cert(pki: ClusterPki, file_stem: str, common_name: str, names: tuple[str, ...]) -> None:
+    """A key and a serving certificate for `names` (subjectAltName entries such as IP:10.0.0.1)."""
+    key = pki.folder / f"{file_stem}.key"
+    _new_ec_key(key)
+    _sign(
+        pki, key, pki.folder / f"{file_stem}.crt", _subject(common_name),
+        ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
+         "extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(names)],
+    )  # fmt: skip
 
 
 def _base64_of(path: Path) -> str:

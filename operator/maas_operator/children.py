@@ -10,7 +10,6 @@ replica never touches the others. Every pod carries its gang's hash; a pod with 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from maas_api.plan import Plan, WorkerPlan
 from maas_api.spec import MaaSJobSpec, Mode, ServingSpec
 
 from maas_operator import names
+from maas_operator.pod_patch import merge_pod_patch
 from maas_operator.settings import OperatorSettings
 from maas_operator.world import GANG_SIZE_ENV, WORKER_CONTAINER
 
@@ -284,17 +284,6 @@ def _resources(spec: MaaSJobSpec, gpus: int) -> Manifest:
     return {"limits": limits, "requests": dict(limits)} if limits else {}
 
 
-def _merge(base: Manifest, patch: Mapping[str, Any]) -> Manifest:
-    """Recursive dict merge (lists and scalars in `patch` replace), for the operator's worker pod patch."""
-    merged = copy.deepcopy(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def worker_pod(
     job: JobRef,
     spec: MaaSJobSpec,
@@ -394,7 +383,7 @@ def worker_pod(
     if template.annotations:
         metadata["annotations"] = dict(template.annotations)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
-    return _merge(pod, settings.worker_pod_patch) if settings.worker_pod_patch else pod
+    return merge_pod_patch(pod, settings.worker_pod_patch) if settings.worker_pod_patch else pod
 
 
 def content_hash(value: object, length: int = 10) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from maas_operator.pod_patch import PodPatchError, merge_pod_patch
+
 DEFAULT_RUNTIME_IMAGE = "maas-runtime:0.1.0"
 """The runtime image built by the Dockerfile's `runtime` target (a job's spec.image overrides it)."""
 LOG_FORMATS = ("text", "json")
@@ -24,8 +26,9 @@ class OperatorSettings:
     """Worker image when a job sets no spec.image."""
     image_pull_policy: str = "IfNotPresent"
     worker_pod_patch: Mapping[str, Any] = field(default_factory=dict)
-    """A strategic-merge-style patch (plain dict merge) applied to every worker pod last, e.g. a
-    cluster-wide toleration or runtimeClassName, without a new operator release."""
+    """A partial Pod merged into every worker pod last, as a strategic merge patch (maas_operator.pod_patch:
+    containers, volumes, mounts and env merged by key, tolerations appended), e.g. a cluster-wide
+    toleration, runtimeClassName, sidecar or shared volume, without a new operator release."""
     workers: int = 4
     """Concurrent reconciles (different jobs; one job is never reconciled twice at once)."""
     resync_seconds: float = 60.0
@@ -54,6 +57,10 @@ class OperatorSettings:
             raise SystemExit(f"MAAS_WORKER_POD_PATCH: not JSON ({error})") from error
         if not isinstance(parsed_patch, dict):
             raise SystemExit("MAAS_WORKER_POD_PATCH: must be a JSON object (a partial Pod)")
+        try:
+            merge_pod_patch({}, parsed_patch)  # every keyed item has its key: merging never fails later
+        except PodPatchError as error:
+            raise SystemExit(f"MAAS_WORKER_POD_PATCH: {error}") from error
         return cls(
             runtime_image=env.get("MAAS_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
             image_pull_policy=env.get("MAAS_IMAGE_PULL_POLICY", "IfNotPresent"),

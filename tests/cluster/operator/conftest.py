@@ -9,9 +9,9 @@ import pytest
 from maas_devcluster.testing import LocalCluster, wait_until
 
 from tests.cluster.operator.support import (
-    REPO,
     Jobs,
     OperatorProcess,
+    install_crd,
     pool_node_manifests,
     wait_nodes_ready,
 )
@@ -19,15 +19,7 @@ from tests.cluster.operator.support import (
 
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "maasjob.yaml"))
-
-    # Not `kubectl wait`: it fails outright while the new CRD has no status.conditions yet.
-    def established() -> bool:
-        crd = json.loads(cluster.kubectl("get", "crd/maasjobs.maas.dev", "-o", "json").stdout)
-        conditions = (crd.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until("the MaaSJob CRD Established", established)
+    install_crd(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "MAAS_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
+            **self.environment,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("wb")
@@ -106,6 +107,19 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text()
+
+
+def install_crd(cluster: LocalCluster) -> None:
+    """Applies the MaaSJob CRD and waits until it is Established."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "maasjob.yaml"))
+
+    # Not `kubectl wait`: it fails outright while the new CRD has no status.conditions yet.
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd/maasjobs.maas.dev", "-o", "json").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until("the MaaSJob CRD Established", established)
 
 
 def load_example(name: str) -> dict[str, Any]:

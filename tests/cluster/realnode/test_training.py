@@ -1,0 +1,80 @@
+"""The reference train job end to end on the real node, the operator as a real process: 3 stages x 2 replicas
+without GPUs go Pending -> Ready -> Succeeded, and the loss equals a single-process run of the same plan."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from maas_api.plan import Plan
+from maas_devcluster.node_config import NODE_NAME
+from maas_operator import names
+
+from tests.cluster.operator.support import Jobs, load_example
+from tests.cluster.realnode.support import ON_REAL_NODE
+from tests.runtime.reference import reference_training
+from tests.runtime.support import TOLERANCE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.distributed, pytest.mark.timeout(900)]
+
+STEPS = 30
+
+
+def reference_train_job(name: str) -> dict[str, Any]:
+    """examples/large-model-train.yaml, without GPUs, on the real node, shortened to STEPS steps."""
+    job = load_example("large-model-train.yaml")
+    job["metadata"]["name"] = name
+    spec = job["spec"]
+    spec["resources"]["gpus"] = 0
+    spec["training"]["steps"] = STEPS
+    spec.setdefault("placement", {})["nodeSelector"] = ON_REAL_NODE
+    return job
+
+
+def step_events(logs: str) -> list[dict[str, Any]]:
+    """The runtime's JSON event lines (rank 0 logs every step's loss, averaged over the replicas)."""
+    events = []
+    for line in logs.splitlines():
+        start = line.find('{"event"')
+        if start >= 0:
+            events.append(json.loads(line[start:]))
+    return events
+
+
+def test_the_reference_train_job_succeeds_on_the_real_node_with_the_single_process_loss(
+    real_jobs: Jobs,
+) -> None:
+    name = "large-model"
+    applied = time.monotonic()
+    real_jobs.apply(reference_train_job(name))
+    # Each change of (phase, Ready), as `kubectl get mj -w` would show it.
+    seen: list[tuple[str, str]] = []
+    status: dict[str, Any] = {}
+    while time.monotonic() < applied + 600:
+        status = real_jobs.status(name)
+        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "Unknown")
+        state = (status.get("phase", ""), ready)
+        if state[0] and (not seen or seen[-1] != state):
+            seen.append(state)
+        if state[0] in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.3)
+    pods = real_jobs.pods(name)
+    assert seen and seen[-1][0] == "Succeeded", (seen, status, [p["status"] for p in pods])
+    assert seen[0][0] == "Pending", seen
+    became_ready = [index for index, (_, ready) in enumerate(seen) if ready == "True"]
+    assert became_ready and seen[became_ready[0]][0] == "Running", seen
+    assert len(pods) == 6 and {pod["spec"]["nodeName"] for pod in pods} == {NODE_NAME}
+    assert {pod["status"]["phase"] for pod in pods} == {"Succeeded"}
+
+    # Rank 0 logs every step's loss, averaged over the replicas, as JSON lines.
+    events = step_events(real_jobs.kubectl("logs", f"{name}-r0-s0").stdout)
+    losses = [event["loss"] for event in events if event["event"] == "step"]
+    configmap = json.loads(
+        real_jobs.kubectl("get", "configmap", names.plan_configmap_name(name), "-o", "json").stdout
+    )
+    plan = Plan.model_validate_json(configmap["data"][names.PLAN_KEY])
+    assert len(losses) == STEPS
+    assert losses == pytest.approx(reference_training(plan).losses, abs=TOLERANCE)
