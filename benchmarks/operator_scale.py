@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import signal
 import socket
 import ssl
 import statistics
@@ -813,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--note", default="", help="a line saved with the results")
     arguments = parser.parse_args(argv)
+    # SIGTERM unwinds like an exception, so the cluster and the controller processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     gpus_per_node = load_cluster_description().pools[0].gpus_per_node
     if arguments.scale:
