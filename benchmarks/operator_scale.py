@@ -209,7 +209,7 @@ def apiserver_requests(dev: DevCluster) -> Counter[str]:
             continue
         for sample in family.samples:
             if sample.name == "apiserver_request_total":
-                counts[f"{sample.labels.get('verb')} {sample.labels.get('resource')}"] += sample.value
+                counts[f"{sample.labels.get('verb')} {sample.labels.get('resource')}"] += int(sample.value)
     return counts
 
 
@@ -222,7 +222,7 @@ def operator_counters(metrics_text: str) -> dict[str, Any]:
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             if sample.name == "maas_api_requests_total":
-                requests[f"{sample.labels['verb']} {sample.labels['kind']}"] += sample.value
+                requests[f"{sample.labels['verb']} {sample.labels['kind']}"] += int(sample.value)
             elif sample.name == "maas_reconcile_duration_seconds_count":
                 figures["reconciles"] = sample.value
             elif sample.name == "maas_reconcile_duration_seconds_bucket":

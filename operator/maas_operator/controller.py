@@ -25,6 +25,7 @@ from maas_operator.kube import Kube, api_message
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
 from maas_operator.settings import OperatorSettings
 from maas_operator.workqueue import WorkQueue
+from maas_operator.world import WorkerPod
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ PriorityClass, a quota, an invalid template field): posted on the job as a Faile
 def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     """A decision's applies, in order, cut into waves whose objects may be applied concurrently.
 
-    A wave is a run of one kind, with distinct names and, for pods, one gate state, so the order that matters
-    is kept: the Service and the plans exist before any pod, and every gated pod of a gang exists before any
-    gate is lifted (lifting the gate of a pod made earlier must not race the creation of its missing peers).
+    A wave is a run of pods of one gate state, or a run of the objects pods need (the Service and the plans,
+    which need nothing of each other), with distinct names, so the order that matters is kept: the Service
+    and the plans exist before any pod, and every gated pod of a gang exists before any gate is lifted
+    (lifting the gate of a pod made earlier must not race the creation of its missing peers).
     """
     waves: list[list[Manifest]] = []
     in_wave: set[str] = set()
@@ -53,8 +55,23 @@ def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     return waves
 
 
-def _wave_kind(manifest: Manifest) -> tuple[str, bool]:
-    return manifest["kind"], bool((manifest.get("spec") or {}).get("schedulingGates"))
+def placing_waves(waves: Sequence[Sequence[Manifest]], existing: Sequence[WorkerPod]) -> int:
+    """How many of the waves, from the first, must be applied under the placement lock: up to the last one
+    that creates a pod (an apply of a pod not in the cache), so the pods that take GPUs are in the cache when
+    the lock is released. 0 when no wave creates a pod."""
+    present = {pod.name for pod in existing}
+    placing = 0
+    for index, wave in enumerate(waves):
+        pods = {m["metadata"]["name"] for m in wave if m["kind"] == "Pod"}
+        if pods - present:
+            placing = index + 1
+        present |= pods
+    return placing
+
+
+def _wave_kind(manifest: Manifest) -> tuple[bool, bool]:
+    """(is a pod, is gated)."""
+    return manifest["kind"] == "Pod", bool((manifest.get("spec") or {}).get("schedulingGates"))
 
 
 class Controller:
@@ -165,29 +182,46 @@ class Controller:
             if observed is None:
                 return
             decision = self._decide(observed)
-            if decision.planned or decision.creates_pods(observed.pods):
-                async with self.placement_lock:
-                    # Decide again under the lock: another job may have placed pods meanwhile.
-                    observed = self.cache.observe(key, datetime.now(UTC))
-                    if observed is None:
-                        return
-                    decision = self._decide(observed)
-                    await self._carry_out(key, observed, decision)
-            else:
+            if not (decision.planned or decision.creates_pods(observed.pods)):
                 await self._carry_out(key, observed, decision)
+                return
+            async with self.placement_lock:
+                # Decide again under the lock: another job may have placed pods meanwhile.
+                observed = self.cache.observe(key, datetime.now(UTC))
+                if observed is None:
+                    return
+                decision = self._decide(observed)
+                waves = apply_waves(decision.apply)
+                placing = placing_waves(waves, observed.pods)
+                if not await self._write_status(key, observed, decision):
+                    return
+                for wave in waves[:placing]:
+                    await self._apply_wave(key, observed.job, wave)
+            # The new pods are in the cache, so the next job's decision counts their GPUs: lifting the gates,
+            # deletes and events need no lock, and holding it for them would serialise every job's round trips.
+            for wave in waves[placing:]:
+                await self._apply_wave(key, observed.job, wave)
+            await self._after_applies(key, observed, decision)
 
     async def _carry_out(self, key: str, observed: Observed, decision: Decision) -> None:
-        job = observed.job
+        if not await self._write_status(key, observed, decision):
+            return
+        for wave in apply_waves(decision.apply):
+            await self._apply_wave(key, observed.job, wave)
+        await self._after_applies(key, observed, decision)
+
+    async def _write_status(self, key: str, observed: Observed, decision: Decision) -> bool:
+        """Writes the status when it changed; False when the job is gone. Status comes first: a restart's
+        new attempt is on record before the old gang is deleted, so a crash in between can neither lose nor
+        double-count it."""
         status = decision.status
-        # Status first: a restart's new attempt is on record before the old gang is deleted, so a crash in
-        # between can neither lose nor double-count it.
         wire = status.to_wire()
         if wire != observed.status.to_wire():
             try:
-                self.cache.put_own_write(await self.kube.apply_status(job, wire))
+                self.cache.put_own_write(await self.kube.apply_status(observed.job, wire))
             except ApiException as error:
                 if error.status == 404:
-                    return
+                    return False
                 raise
         restarts = status.restarts - observed.status.restarts
         disruptions = status.disruptions - observed.status.disruptions
@@ -195,29 +229,31 @@ class Controller:
             metrics.RESTARTS.labels(cause="failure").inc(restarts)
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
-        for wave in apply_waves(decision.apply):
-            # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
-            # together, which shortens the time the placement lock is held by a factor of the gang size.
-            results = await asyncio.gather(
-                *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
-            )
-            failure: BaseException | None = None
-            for manifest, result in zip(wave, results, strict=True):
-                if isinstance(result, BaseException):
-                    if (
-                        failure is None
-                        and isinstance(result, ApiException)
-                        and result.status in REFUSED_STATUSES
-                    ):
-                        # Only the operator's log would say why the job makes no progress: tell its owner.
-                        kind, name = manifest["kind"], manifest["metadata"]["name"]
-                        message = f"{kind} {name}: {api_message(result)}"
-                        await self._post_event(key, job, Event("Warning", "FailedCreate", message))
-                    failure = failure or result
-                elif manifest["kind"] in {"Pod", "ConfigMap"}:
-                    self.cache.put_own_write(result)
-            if failure is not None:
-                raise failure
+        return True
+
+    async def _apply_wave(self, key: str, job: JobRef, wave: Sequence[Manifest]) -> None:
+        # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
+        # together, which shortens the time the placement lock is held by a factor of the gang size.
+        results = await asyncio.gather(
+            *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
+        )
+        failure: BaseException | None = None
+        for manifest, result in zip(wave, results, strict=True):
+            if isinstance(result, BaseException):
+                if failure is None and isinstance(result, ApiException) and result.status in REFUSED_STATUSES:
+                    # Only the operator's log would say why the job makes no progress: tell its owner.
+                    kind, name = manifest["kind"], manifest["metadata"]["name"]
+                    message = f"{kind} {name}: {api_message(result)}"
+                    await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                failure = failure or result
+            elif manifest["kind"] in {"Pod", "ConfigMap"}:
+                self.cache.put_own_write(result)
+        if failure is not None:
+            raise failure
+
+    async def _after_applies(self, key: str, observed: Observed, decision: Decision) -> None:
+        """Deletes, look-ups, events and the next look: the part of a decision that follows its applies."""
+        job = observed.job
         for deletion in decision.delete_pods:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
@@ -251,7 +287,7 @@ class Controller:
         if decision.requeue_after is not None:
             self.queue.add(key, after=max(0.05, decision.requeue_after))
         self.queue.add(key, after=self.settings.resync_seconds)
-        self._phases[key] = status.phase
+        self._phases[key] = decision.status.phase
         self._count_phases()
 
     async def _post_event(self, key: str, job: JobRef, event: Event) -> None:

@@ -21,16 +21,15 @@ JOBS = 10
 def test_the_scale_benchmark_measures_our_operator_in_small(tmp_path: Path) -> None:
     output = tmp_path / "operator_scale.json"
     packages = os.pathsep.join(str(REPO / folder) for folder in ("api", "operator", "runtime", "devcluster"))
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "operator_scale.py"),
+        "--controllers",
+        "maas-operator",
+    ]
+    command += ["--jobs", str(JOBS), "--repeats", "1", "--idle-seconds", "3", "--output", str(output)]
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "operator_scale.py"),
-            "--controllers", "maas-operator",
-            "--jobs", str(JOBS),
-            "--repeats", "1",
-            "--idle-seconds", "3",
-            "--output", str(output),
-        ],  # fmt: skip
+        command,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": packages},
