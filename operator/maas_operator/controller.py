@@ -2,7 +2,7 @@
 
 The only stateful part of the operator besides the caches. One asyncio lock serialises the decisions that
 place pods (new plans and new pods), so two jobs never count the same free GPUs: the second decides after the
-first's pods are in the cache.
+first's pods are in the cache, where they are recorded before their creates go out.
 """
 
 from __future__ import annotations
@@ -55,18 +55,16 @@ def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     return waves
 
 
-def placing_waves(waves: Sequence[Sequence[Manifest]], existing: Sequence[WorkerPod]) -> int:
-    """How many of the waves, from the first, must be applied under the placement lock: up to the last one
-    that creates a pod (an apply of a pod not in the cache), so the pods that take GPUs are in the cache when
-    the lock is released. 0 when no wave creates a pod."""
+def new_pods(manifests: Sequence[Manifest], existing: Sequence[WorkerPod]) -> list[Manifest]:
+    """The pods a decision creates: the first apply of each pod that does not exist yet."""
     present = {pod.name for pod in existing}
-    placing = 0
-    for index, wave in enumerate(waves):
-        pods = {m["metadata"]["name"] for m in wave if m["kind"] == "Pod"}
-        if pods - present:
-            placing = index + 1
-        present |= pods
-    return placing
+    created = []
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        if manifest["kind"] == "Pod" and name not in present:
+            created.append(manifest)
+            present.add(name)
+    return created
 
 
 def _wave_kind(manifest: Manifest) -> tuple[bool, bool]:
@@ -191,37 +189,26 @@ class Controller:
                 if observed is None:
                     return
                 decision = self._decide(observed)
-                waves = apply_waves(decision.apply)
-                placing = placing_waves(waves, observed.pods)
-                if not await self._write_status(key, observed, decision):
-                    return
-                for wave in waves[:placing]:
-                    await self._apply_wave(key, observed.job, wave)
-            # The new pods are in the cache, so the next job's decision counts their GPUs: lifting the gates,
-            # deletes and events need no lock, and holding it for them would serialise every job's round trips.
-            for wave in waves[placing:]:
-                await self._apply_wave(key, observed.job, wave)
-            await self._after_applies(key, observed, decision)
+                # The new pods go into the cache before any request: the next decision counts their GPUs while
+                # this one's requests are in flight, so the lock never waits for the API server.
+                reserved = self.cache.reserve_pods(new_pods(decision.apply, observed.pods))
+            try:
+                await self._carry_out(key, observed, decision)
+            finally:
+                self.cache.drop_unconfirmed(reserved)
 
     async def _carry_out(self, key: str, observed: Observed, decision: Decision) -> None:
-        if not await self._write_status(key, observed, decision):
-            return
-        for wave in apply_waves(decision.apply):
-            await self._apply_wave(key, observed.job, wave)
-        await self._after_applies(key, observed, decision)
-
-    async def _write_status(self, key: str, observed: Observed, decision: Decision) -> bool:
-        """Writes the status when it changed; False when the job is gone. Status comes first: a restart's
-        new attempt is on record before the old gang is deleted, so a crash in between can neither lose nor
-        double-count it."""
+        job = observed.job
         status = decision.status
+        # Status first: a restart's new attempt is on record before the old gang is deleted, so a crash in
+        # between can neither lose nor double-count it.
         wire = status.to_wire()
         if wire != observed.status.to_wire():
             try:
-                self.cache.put_own_write(await self.kube.apply_status(observed.job, wire))
+                self.cache.put_own_write(await self.kube.apply_status(job, wire))
             except ApiException as error:
                 if error.status == 404:
-                    return False
+                    return
                 raise
         restarts = status.restarts - observed.status.restarts
         disruptions = status.disruptions - observed.status.disruptions
@@ -229,31 +216,29 @@ class Controller:
             metrics.RESTARTS.labels(cause="failure").inc(restarts)
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
-        return True
-
-    async def _apply_wave(self, key: str, job: JobRef, wave: Sequence[Manifest]) -> None:
-        # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
-        # together, which shortens the time the placement lock is held by a factor of the gang size.
-        results = await asyncio.gather(
-            *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
-        )
-        failure: BaseException | None = None
-        for manifest, result in zip(wave, results, strict=True):
-            if isinstance(result, BaseException):
-                if failure is None and isinstance(result, ApiException) and result.status in REFUSED_STATUSES:
-                    # Only the operator's log would say why the job makes no progress: tell its owner.
-                    kind, name = manifest["kind"], manifest["metadata"]["name"]
-                    message = f"{kind} {name}: {api_message(result)}"
-                    await self._post_event(key, job, Event("Warning", "FailedCreate", message))
-                failure = failure or result
-            elif manifest["kind"] in {"Pod", "ConfigMap"}:
-                self.cache.put_own_write(result)
-        if failure is not None:
-            raise failure
-
-    async def _after_applies(self, key: str, observed: Observed, decision: Decision) -> None:
-        """Deletes, look-ups, events and the next look: the part of a decision that follows its applies."""
-        job = observed.job
+        for wave in apply_waves(decision.apply):
+            # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
+            # together, which shortens the time the placement lock is held by a factor of the gang size.
+            results = await asyncio.gather(
+                *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
+            )
+            failure: BaseException | None = None
+            for manifest, result in zip(wave, results, strict=True):
+                if isinstance(result, BaseException):
+                    if (
+                        failure is None
+                        and isinstance(result, ApiException)
+                        and result.status in REFUSED_STATUSES
+                    ):
+                        # Only the operator's log would say why the job makes no progress: tell its owner.
+                        kind, name = manifest["kind"], manifest["metadata"]["name"]
+                        message = f"{kind} {name}: {api_message(result)}"
+                        await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                    failure = failure or result
+                elif manifest["kind"] in {"Pod", "ConfigMap"}:
+                    self.cache.put_own_write(result)
+            if failure is not None:
+                raise failure
         for deletion in decision.delete_pods:
             answer = await self.kube.delete(
                 "Pod", job.namespace, deletion.name, grace_seconds=0 if deletion.force else None
@@ -287,7 +272,7 @@ class Controller:
         if decision.requeue_after is not None:
             self.queue.add(key, after=max(0.05, decision.requeue_after))
         self.queue.add(key, after=self.settings.resync_seconds)
-        self._phases[key] = decision.status.phase
+        self._phases[key] = status.phase
         self._count_phases()
 
     async def _post_event(self, key: str, job: JobRef, event: Event) -> None:
