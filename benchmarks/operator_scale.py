@@ -142,7 +142,9 @@ class Timeline:
 
 
 class Watch(threading.Thread):
-    """One streaming watch that stamps every event with time.monotonic() on arrival."""
+    """One streaming watch that stamps every event with time.monotonic() on arrival. A stream that ends or
+    breaks is resumed from the last resourceVersion seen (said on stderr), so no event is lost; `failure` is
+    set when it cannot be resumed."""
 
     def __init__(self, dev: DevCluster, path: str, on_event: Callable[[float, dict[str, Any]], None]) -> None:
         super().__init__(daemon=True, name=f"watch {path}")
@@ -151,30 +153,54 @@ class Watch(threading.Thread):
         self.on_event = on_event
         self.socket: socket.socket | None = None
         self.started_watching = threading.Event()
+        self.stopping = threading.Event()
         self.failure: BaseException | None = None
+        self.resumed = 0
 
     def run(self) -> None:
-        try:
-            certificates = ClusterPki(self.dev.layout.pki)
-            tls = ssl.create_default_context(cafile=str(certificates.ca_cert))
-            tls.load_cert_chain(str(certificates.client_cert(ADMIN)), str(certificates.client_key(ADMIN)))
-            host, port = self.dev.server.removeprefix("https://").rsplit(":", 1)
-            connection = http.client.HTTPSConnection(host, int(port), context=tls)
-            connection.request("GET", self.path, headers={"Accept": "application/json"})
-            self.socket = connection.sock
-            answer = connection.getresponse()
-            if answer.status != 200:
-                raise RuntimeError(f"watch {self.path}: {answer.status} {answer.read()[:300]!r}")
-            self.started_watching.set()
-            while line := answer.readline():
-                event = json.loads(line)
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    self.on_event(time.monotonic(), event)
-        except (OSError, ValueError, http.client.HTTPException) as error:
-            if not self.started_watching.is_set() or self.socket is not None:
+        certificates = ClusterPki(self.dev.layout.pki)
+        tls = ssl.create_default_context(cafile=str(certificates.ca_cert))
+        tls.load_cert_chain(str(certificates.client_cert(ADMIN)), str(certificates.client_key(ADMIN)))
+        host, port = self.dev.server.removeprefix("https://").rsplit(":", 1)
+        version = ""
+        while not self.stopping.is_set():
+            path = (
+                self.path
+                if not version
+                else f"{self.path.split('&resourceVersion=')[0]}&resourceVersion={version}"
+            )
+            try:
+                connection = http.client.HTTPSConnection(host, int(port), context=tls)
+                connection.request("GET", path, headers={"Accept": "application/json"})
+                self.socket = connection.sock
+                answer = connection.getresponse()
+                if answer.status != 200:
+                    raise RuntimeError(f"watch {path}: {answer.status} {answer.read()[:300]!r}")
+                self.started_watching.set()
+                while line := answer.readline():
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(f"watch {path}: {event.get('object')}")
+                    version = event["object"]["metadata"].get("resourceVersion") or version
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self.on_event(time.monotonic(), event)
+                reason = "the stream ended"
+            except (OSError, ValueError, http.client.HTTPException) as error:
+                reason = repr(error)
+            except RuntimeError as error:
                 self.failure = error
+                return
+            if self.stopping.is_set():
+                return
+            if not version:
+                self.failure = RuntimeError(f"watch {path}: {reason} before any event")
+                return
+            self.resumed += 1
+            print(f"watch {self.path}: {reason}; resumed at {version}", file=sys.stderr, flush=True)
+            time.sleep(0.2)
 
     def stop(self) -> None:
+        self.stopping.set()
         # Shut the socket down rather than close the connection: closing waits for the reader's buffer
         # lock, which this thread holds while it blocks in readline (a deadlock); a shutdown ends that read.
         sock, self.socket = self.socket, None
@@ -256,7 +282,7 @@ class Round:
     pods_per_job: int
     make_job: Callable[[str], dict[str, Any]]
     prefix: str
-    idle_seconds: float = 10.0
+    idle_seconds: float = 20.0
     timeout: float = 900.0
 
     def job_names(self) -> list[str]:
@@ -268,7 +294,7 @@ class Round:
         time.sleep(self.idle_seconds)
         return (sum(apiserver_requests(self.dev).values()) - before) / (time.monotonic() - started)
 
-    def run(self, timeline: Timeline) -> dict[str, Any]:
+    def run(self, timeline: Timeline, watch: Watch) -> dict[str, Any]:
         pid = self.controller.pid()
         names = self.job_names()
         idle_rate = self.idle_rate()
@@ -288,12 +314,26 @@ class Round:
         apply_seconds = time.monotonic() - started
 
         def all_running() -> bool:
+            if watch.failure is not None:
+                raise watch.failure
             return all(
                 sum(not math.isnan(pod.running) for pod in timeline.pods(name)) >= self.pods_per_job
                 for name in names
             )
 
-        wait_until(f"{self.jobs} {self.controller.kind}s Running", all_running, self.timeout, interval=0.2)
+        try:
+            wait_until(
+                f"{self.jobs} {self.controller.kind}s Running", all_running, self.timeout, interval=0.2
+            )
+        except AssertionError:
+            short = {
+                name: [(pod.created, pod.bound, pod.running) for pod in timeline.pods(name)]
+                for name in names
+                if sum(not math.isnan(pod.running) for pod in timeline.pods(name)) < self.pods_per_job
+            }
+            print(f"not Running as the watch saw it ({len(short)} jobs): {dict(list(short.items())[:5])}; "
+                  f"watch events {dict(timeline.events)}", file=sys.stderr)  # fmt: skip
+            raise
         last_running = time.monotonic() - started
         time.sleep(SETTLE_SECONDS)
         requests_after, cpu_after = apiserver_requests(self.dev), process_cpu_seconds(pid)
@@ -338,6 +378,7 @@ class Round:
                 "jobs_with_a_pod_bound_before_the_last_existed": early,
             },
             "load": {"before": load_before, "after": load_after},
+            "watch_resumed": watch.resumed,
         }
 
     def delete_all(self) -> None:
@@ -397,8 +438,8 @@ def compare(arguments: argparse.Namespace, dev: DevCluster, scratch: Path) -> di
                 prefix=f"{controller.name[:2]}{index}", idle_seconds=arguments.idle_seconds,
             )  # fmt: skip
             try:
-                with watching(dev, PODS_WATCH, timeline.on_pod):
-                    result = one.run(timeline)
+                with watching(dev, PODS_WATCH, timeline.on_pod) as watch:
+                    result = one.run(timeline, watch)
                 one.delete_all()
             except AssertionError:
                 print(f"{controller.name} log (tail):\n{controller.log_tail(40)}", file=sys.stderr)
@@ -530,11 +571,11 @@ def scale_wave(
     one = Round(
         controller, dev, count, stages * replicas,
         lambda name: maasjob(name, NAMESPACE, stages, replicas),
-        prefix=f"scale{count}", idle_seconds=10.0, timeout=max(900.0, count * 2.0),
+        prefix=f"scale{count}", idle_seconds=20.0, timeout=max(900.0, count * 2.0),
     )  # fmt: skip
     print(f"scale: {count} MaaSJobs x {stages * replicas} pods", file=sys.stderr, flush=True)
-    with watching(dev, PODS_WATCH, timeline.on_pod):
-        result = one.run(timeline)
+    with watching(dev, PODS_WATCH, timeline.on_pod) as watch:
+        result = one.run(timeline, watch)
     after = watcher.counters()
     own = after["requests"] - before["requests"]
     window = result["api_requests"]["window_s"]
@@ -804,7 +845,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds per controller (the median is reported)"
     )
-    parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle baseline before each round")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=20.0,
+        help="idle baseline before each round (2 node-lease periods)",
+    )
     parser.add_argument("--spare-nodes", type=int, default=2, help="nodes beyond what the jobs fill")
     parser.add_argument("--scale", action="store_true", help="our operator past the anchors (see above)")
     parser.add_argument("--nodes", type=int, default=1000, help="kwok nodes of --scale")
