@@ -1,23 +1,34 @@
-"""Measures the operator at scale on a fresh local cluster, with the operator running as a real process.
+"""Job controllers side by side on one fresh local cluster: Kubeflow's training-operator, JobSet and our operator.
 
-Usage: python benchmarks/operator_scale.py [--jobs 100] [--single-repeats 3] [--spare-nodes 2]
+Usage:
+  python benchmarks/operator_scale.py [--jobs 100] [--repeats 3]     # the three rows (writes operator_scale.*)
+  python benchmarks/operator_scale.py --controllers maas-operator --jobs 10 --repeats 1 --output FILE
+  python benchmarks/operator_scale.py --scale [--nodes 1000]         # our operator past the anchors
+                                                                     # (writes operator_scale_1000.*)
 
-(a) One job of 8 one-GPU workers, applied alone: seconds from the apply to all 8 pods created, to all 8
-    Running, and to the job's Ready condition (median of the repeats; each job is deleted before the next).
-(b) `--jobs` such jobs applied at once (8 concurrent creates): per job, apply -> all pods created and -> all
-    Running (p50/p99), and the total from the first apply to the last job Running.
-(c) What the operator spent per job: its API requests (`maas_api_requests_total`, after minus before, by verb
-    and kind) and its reconciles (`maas_reconcile_duration_seconds_count`); and its reconciles while nothing
-    changes (node heartbeats, resync) after every job is Running.
+Comparison (the default). One cluster with enough kwok nodes (8 GPUs each); each controller runs as a local
+process, one at a time (started, measured, its jobs deleted, stopped by pid, its webhook configurations
+deleted), in rotating rounds so a change of the machine's load hits every controller alike. A round applies
+`--jobs` jobs of 4 pods x 1 GPU at once (8 concurrent clients): PyTorchJobs of 1 Master + 3 Workers, JobSets of
+one indexed Job of 4 pods, MaaSJobs of 2 stages x 2 replicas. Per controller and round:
+- apply -> all of a job's pods created, and -> all Running: p50/p99 over the jobs (from one pod watch opened
+  before the apply, every event stamped on arrival); first apply -> last job Running;
+- API requests per job: the API server's `apiserver_request_total` over the round (until every job Running,
+  plus a few seconds for trailing status writes), less the idle rate measured just before with the controller
+  running (node leases, the controllers' own chatter), divided by the jobs;
+- the controller's CPU seconds over the round and its peak resident memory (VmHWM);
+- gang: the longest time a job had only part of its pods created, and how many jobs had a pod bound to a node
+  before their last pod existed (a partial gang holding GPUs).
+The report gives the median over the rounds, with the machine's load beside every figure.
 
-Times come from watches opened before the first apply (pods and MaaSJobs, stamped with time.monotonic() when
-each event arrives), not from polling, which would add load and coarsen the figures.
-Reading (b): Ready lags Running because every reconcile worker that must place pods waits for the one
-placement lock, so while a burst of new jobs is being placed no worker is free for the status-only reconciles
-that would mark the placed jobs Ready; they come once the burst has drained.
+Scale (`--scale`): our operator alone on `--nodes` kwok nodes, jobs of 8 pods (2 stages x 4 replicas): waves of
+10, 100 and 1,000 jobs (the per-job cost at each), reconcile time p99, operator memory, request rates; then the
+operator restarted with every job present: time until in sync (every job reconciled, queue empty) and the pods
+created or deleted meanwhile (must be 0). Planning and steady-state decision time with 100, 1,000 and 10,000
+nodes (in-process, no cluster) go in the same table.
 
-Prints a table and writes results/operator_scale.json and .txt. Needs the control-plane binaries built; takes
-about 2.5 minutes on 2 cores (102 nodes, 100 jobs).
+Needs the control plane (hack/build-control-plane.sh) and, for the anchors, hack/build-anchors.sh; an anchor
+that is not built is reported as such and the others still run.
 """
 
 from __future__ import annotations
@@ -28,14 +39,16 @@ import json
 import math
 import os
 import platform
+import signal
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,97 +59,92 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the operator-as-a-process helper lives with the cluster tests
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from maas_devcluster.control_plane import DevCluster, down, up
+from maas_devcluster.pki import ADMIN, ClusterPki
+from maas_devcluster.testing import LocalCluster, wait_until
+from maas_devcluster.topology import load_cluster_description
+from scale_controllers import (
+    BENCH_LABEL,
+    CONTROLLERS,
+    PODS_PER_JOB,
+    REPO,
+    JobController,
+    MaaSOperator,
+    maasjob,
+    process_cpu_seconds,
+)
 
-from maas_api.job import API_VERSION, GROUP, KIND, PLURAL, VERSION  # noqa: E402
-from maas_devcluster.apiclient import ApiClient  # noqa: E402
-from maas_devcluster.control_plane import DevCluster, down, up  # noqa: E402
-from maas_devcluster.pki import ADMIN, ClusterPki  # noqa: E402
-from maas_devcluster.testing import LocalCluster, wait_until  # noqa: E402
-from maas_devcluster.topology import load_cluster_description  # noqa: E402
-from maas_operator import names  # noqa: E402
-
-from tests.cluster.operator.support import OperatorProcess  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "operator_scale.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 NAMESPACE = "bench"
-STAGES, REPLICAS = 2, 4
-WORKERS_PER_JOB = STAGES * REPLICAS
-JOBS_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
-PODS_WATCH = f"/api/v1/namespaces/{NAMESPACE}/pods?watch=1&labelSelector={names.JOB_LABEL}"
-JOBS_WATCH = f"{JOBS_PATH}?watch=1"
+PODS_WATCH = f"/api/v1/pods?watch=1&labelSelector={BENCH_LABEL}"
+SETTLE_SECONDS = 3.0
+"""After the last job is Running: trailing status writes still belong to the round."""
 
 
-def bench_job(name: str) -> dict[str, Any]:
-    """8 one-GPU workers: the reference model in 2 stages x 4 data-parallel replicas."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "mode": "Train",
-            "model": {"catalog": "LargeModel"},
-            "split": {"stages": STAGES},
-            "parallelism": {"replicas": REPLICAS, "microbatches": 4},
-            "resources": {"gpus": 1},
-        },
-    }
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (p99 of 100 values is the 99th smallest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)] if ordered else math.nan
+
+
+def rounded(value: float, digits: int = 3) -> float:
+    return round(value, digits)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- watching pods -----------------------------------------------------------------------------------------
 
 
 @dataclass
-class JobTimes:
-    """Monotonic seconds of each milestone of one job, as the watches saw them."""
-
-    applied: float = math.nan
-    pods_created: dict[str, float] = field(default_factory=dict)
-    pods_running: dict[str, float] = field(default_factory=dict)
-    ready: float = math.nan
-
-    def all_created(self) -> float:
-        return max(self.pods_created.values()) if len(self.pods_created) >= WORKERS_PER_JOB else math.nan
-
-    def all_running(self) -> float:
-        return max(self.pods_running.values()) if len(self.pods_running) >= WORKERS_PER_JOB else math.nan
-
-    def finished(self) -> bool:
-        """Every pod Running and the job Ready."""
-        return not math.isnan(self.ready) and not math.isnan(self.all_running())
+class PodTimes:
+    created: float
+    bound: float = math.nan
+    running: float = math.nan
 
 
+@dataclass
 class Timeline:
-    """Milestones per job, filled by the watch threads."""
+    """Per job (by BENCH_LABEL), per pod: when the watch saw it created, bound to a node and Running."""
 
-    def __init__(self) -> None:
-        self.jobs: dict[str, JobTimes] = defaultdict(JobTimes)
-        self.lock = threading.Lock()
+    jobs: dict[str, dict[str, PodTimes]] = field(default_factory=lambda: defaultdict(dict))
+    events: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_pod(self, seen: float, event: dict[str, Any]) -> None:
         pod = event["object"]
-        job = pod["metadata"]["labels"][names.JOB_LABEL]
-        name = pod["metadata"]["name"]
+        metadata = pod["metadata"]
+        job = metadata["labels"][BENCH_LABEL]
         with self.lock:
-            times = self.jobs[job]
-            times.pods_created.setdefault(name, seen)
-            if event["type"] != "DELETED" and (pod.get("status") or {}).get("phase") == "Running":
-                times.pods_running.setdefault(name, seen)
+            self.events[event["type"]] += 1
+            times = self.jobs[job].setdefault(metadata["uid"], PodTimes(created=seen))
+            if event["type"] == "DELETED":
+                return
+            if math.isnan(times.bound) and (pod.get("spec") or {}).get("nodeName"):
+                times.bound = seen
+            if math.isnan(times.running) and (pod.get("status") or {}).get("phase") == "Running":
+                times.running = seen
 
-    def on_job(self, seen: float, event: dict[str, Any]) -> None:
-        job = event["object"]
-        conditions = (job.get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-            with self.lock:
-                times = self.jobs[job["metadata"]["name"]]
-                if math.isnan(times.ready):
-                    times.ready = seen
-
-    def forget(self, job: str) -> None:
+    def pods(self, job: str) -> list[PodTimes]:
         with self.lock:
-            self.jobs.pop(job, None)
+            return list(self.jobs.get(job, {}).values())
 
 
 class Watch(threading.Thread):
-    """One streaming watch (from now on) that stamps every event with time.monotonic() on arrival."""
+    """One streaming watch that stamps every event with time.monotonic() on arrival. A stream that ends or
+    breaks is resumed from the last resourceVersion seen (said on stderr), so no event is lost; `failure` is
+    set when it cannot be resumed."""
 
     def __init__(self, dev: DevCluster, path: str, on_event: Callable[[float, dict[str, Any]], None]) -> None:
         super().__init__(daemon=True, name=f"watch {path}")
@@ -145,310 +153,769 @@ class Watch(threading.Thread):
         self.on_event = on_event
         self.socket: socket.socket | None = None
         self.started_watching = threading.Event()
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.resumed = 0
 
     def run(self) -> None:
         certificates = ClusterPki(self.dev.layout.pki)
         tls = ssl.create_default_context(cafile=str(certificates.ca_cert))
         tls.load_cert_chain(str(certificates.client_cert(ADMIN)), str(certificates.client_key(ADMIN)))
         host, port = self.dev.server.removeprefix("https://").rsplit(":", 1)
-        connection = http.client.HTTPSConnection(host, int(port), context=tls)
-        connection.request("GET", self.path, headers={"Accept": "application/json"})
-        self.socket = connection.sock
-        answer = connection.getresponse()
-        if answer.status != 200:
-            raise RuntimeError(f"watch {self.path}: {answer.status} {answer.read()[:300]!r}")
-        self.started_watching.set()
-        while line := answer.readline():
-            event = json.loads(line)
-            if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                self.on_event(time.monotonic(), event)
+        version = ""
+        while not self.stopping.is_set():
+            path = (
+                self.path
+                if not version
+                else f"{self.path.split('&resourceVersion=')[0]}&resourceVersion={version}"
+            )
+            try:
+                connection = http.client.HTTPSConnection(host, int(port), context=tls)
+                connection.request("GET", path, headers={"Accept": "application/json"})
+                self.socket = connection.sock
+                answer = connection.getresponse()
+                if answer.status != 200:
+                    raise RuntimeError(f"watch {path}: {answer.status} {answer.read()[:300]!r}")
+                self.started_watching.set()
+                while line := answer.readline():
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(f"watch {path}: {event.get('object')}")
+                    version = event["object"]["metadata"].get("resourceVersion") or version
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self.on_event(time.monotonic(), event)
+                reason = "the stream ended"
+            except (OSError, ValueError, http.client.HTTPException) as error:
+                reason = repr(error)
+            except RuntimeError as error:
+                self.failure = error
+                return
+            if self.stopping.is_set():
+                return
+            if not version:
+                self.failure = RuntimeError(f"watch {path}: {reason} before any event")
+                return
+            self.resumed += 1
+            print(f"watch {self.path}: {reason}; resumed at {version}", file=sys.stderr, flush=True)
+            time.sleep(0.2)
 
     def stop(self) -> None:
+        self.stopping.set()
         # Shut the socket down rather than close the connection: closing waits for the reader's buffer
         # lock, which this thread holds while it blocks in readline (a deadlock); a shutdown ends that read.
-        if self.socket is not None:
-            self.socket.shutdown(socket.SHUT_RDWR)
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
         self.join(timeout=10)
 
 
-def operator_counters(operator: OperatorProcess) -> dict[str, float]:
-    """The operator's API requests by `verb kind`, and its reconciles, from its /metrics."""
-    counters: dict[str, float] = {}
-    for family in text_string_to_metric_families(operator.metrics()):
+@contextmanager
+def watching(
+    dev: DevCluster, path: str, on_event: Callable[[float, dict[str, Any]], None]
+) -> Iterator[Watch]:
+    watch = Watch(dev, path, on_event)
+    watch.start()
+    if not watch.started_watching.wait(30):
+        raise RuntimeError(f"{watch.name} did not start: {watch.failure}")
+    try:
+        yield watch
+    finally:
+        watch.stop()
+
+
+# -- counters ----------------------------------------------------------------------------------------------
+
+
+def apiserver_requests(dev: DevCluster) -> Counter[str]:
+    """`apiserver_request_total` by `VERB resource`, summed over codes and other labels."""
+    counts: Counter[str] = Counter()
+    text = dev.admin_client().request("GET", "/metrics", timeout=30).body.decode()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total":
+                counts[f"{sample.labels.get('verb')} {sample.labels.get('resource')}"] += int(sample.value)
+    return counts
+
+
+def operator_counters(metrics_text: str) -> dict[str, Any]:
+    """Our operator's own figures from its /metrics: requests by `verb kind`, reconciles, the reconcile-time
+    histogram (cumulative counts by upper bound) and the queue depth."""
+    requests: Counter[str] = Counter()
+    buckets: dict[float, float] = {}
+    figures: dict[str, Any] = {"requests": requests, "reconcile_buckets": buckets}
+    for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             if sample.name == "maas_api_requests_total":
-                counters[f"{sample.labels['verb']} {sample.labels['kind']}"] = sample.value
+                requests[f"{sample.labels['verb']} {sample.labels['kind']}"] += int(sample.value)
             elif sample.name == "maas_reconcile_duration_seconds_count":
-                counters["reconciles"] = sample.value
+                figures["reconciles"] = sample.value
+            elif sample.name == "maas_reconcile_duration_seconds_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name == "maas_workqueue_depth":
+                figures["queue"] = sample.value
             elif sample.name == "maas_reconcile_errors_total":
-                counters["reconcile errors"] = sample.value
-    return counters
+                figures["errors"] = sample.value
+    return figures
 
 
-def per_job(before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float]:
-    keys = sorted(set(before) | set(after))
-    deltas = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in keys}
-    requests = sum(value for key, value in deltas.items() if key not in ("reconciles", "reconcile errors"))
-    spent = {key: round(value / jobs, 2) for key, value in deltas.items() if value}
-    spent["api requests (all)"] = round(requests / jobs, 2)
-    return spent
+def histogram_quantile(before: dict[float, float], after: dict[float, float], share: float) -> float:
+    """The upper bound of the bucket holding the `share` quantile of the observations between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[bound] - before.get(bound, 0.0) for bound in bounds]
+    total = counts[-1] if counts else 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if total and cumulative >= share * total:
+            return bound
+    return math.nan
 
 
-def percentile(values: list[float], share: float) -> float:
-    """Nearest-rank percentile (p99 of 100 values is the 99th smallest)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+# -- one round of one controller ---------------------------------------------------------------------------
 
 
-def seconds(value: float) -> float:
-    return round(value, 3)
+@dataclass
+class Round:
+    controller: JobController
+    dev: DevCluster
+    jobs: int
+    pods_per_job: int
+    make_job: Callable[[str], dict[str, Any]]
+    prefix: str
+    idle_seconds: float = 20.0
+    timeout: float = 900.0
 
+    def job_names(self) -> list[str]:
+        return [f"{self.prefix}-{index:04d}" for index in range(self.jobs)]
 
-class Bench:
-    def __init__(self, dev: DevCluster, operator: OperatorProcess) -> None:
-        self.dev = dev
-        self.cluster = LocalCluster(dev)
-        self.client: ApiClient = dev.admin_client()
-        self.operator = operator
-        self.timeline = Timeline()
+    def idle_rate(self) -> float:
+        """API requests a second with the controller running and nothing to do."""
+        before, started = sum(apiserver_requests(self.dev).values()), time.monotonic()
+        time.sleep(self.idle_seconds)
+        return (sum(apiserver_requests(self.dev).values()) - before) / (time.monotonic() - started)
 
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        watches = [
-            Watch(self.dev, PODS_WATCH, self.timeline.on_pod),
-            Watch(self.dev, JOBS_WATCH, self.timeline.on_job),
-        ]
-        for watch in watches:
-            watch.start()
-            if not watch.started_watching.wait(30):
-                raise RuntimeError(f"{watch.name} did not start")
-        try:
-            yield
-        finally:
-            for watch in watches:
-                watch.stop()
+    def run(self, timeline: Timeline, watch: Watch) -> dict[str, Any]:
+        pid = self.controller.pid()
+        names = self.job_names()
+        idle_rate = self.idle_rate()
+        load_before = load_average()
+        cpu_before, requests_before = process_cpu_seconds(pid), apiserver_requests(self.dev)
+        client = self.dev.admin_client()
+        path = self.controller.jobs_path(NAMESPACE)
+        applied: dict[str, float] = {}
 
-    def apply(self, name: str) -> None:
-        with self.timeline.lock:
-            self.timeline.jobs[name].applied = time.monotonic()
-        self.client.create(JOBS_PATH, bench_job(name), exist_ok=False)
+        def apply(name: str) -> None:
+            applied[name] = time.monotonic()
+            client.create(path, self.make_job(name), exist_ok=False)
 
-    def wait(self, what: str, done: Callable[[], bool], timeout: float) -> None:
-        wait_until(what, done, timeout=timeout, interval=0.1)
-
-    def delete_all(self) -> None:
-        self.cluster.kubectl("-n", NAMESPACE, "delete", "maasjobs", "--all", "--wait=false")
-
-        def no_pods() -> bool:
-            listing = self.client.get_json(
-                f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={names.JOB_LABEL}"
-            )
-            return not listing["items"]
-
-        self.wait("every benchmark pod gone", no_pods, timeout=300)
-
-    def unfinished_report(self) -> str:
-        """The jobs that have not reached Ready, with what their status says."""
-        lines = []
-        for job in self.client.get_json(JOBS_PATH)["items"]:
-            status = job.get("status") or {}
-            ready: dict[str, Any] = next(
-                (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
-            )
-            if ready.get("status") != "True":
-                name = job["metadata"]["name"]
-                times = self.timeline.jobs.get(name, JobTimes())
-                lines.append(
-                    f"{name}: phase {status.get('phase')}, readyWorkers {status.get('readyWorkers')}, "
-                    f"Ready {ready.get('status')} ({ready.get('reason')}: {ready.get('message')}); watched "
-                    f"{len(times.pods_created)} pods created, {len(times.pods_running)} Running"
-                )
-                pods = self.client.get_json(
-                    f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={names.JOB_LABEL}%3D{name}"
-                )["items"]
-                for pod in pods:
-                    conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
-                    lines.append(
-                        f"  {pod['metadata']['name']}: {pod['status'].get('phase')}, Ready "
-                        f"{conditions.get('Ready')}, resourceVersion {pod['metadata']['resourceVersion']}"
-                    )
-        return "\n".join(lines) or "every job is Ready"
-
-    def single(self, repeats: int) -> dict[str, Any]:
-        runs = []
-        before = operator_counters(self.operator)
-        for index in range(repeats):
-            name = f"single-{index}"
-            self.apply(name)
-            times = self.timeline.jobs[name]
-            self.wait(f"{name} Ready", times.finished, 120)
-            runs.append(
-                {
-                    "created_s": seconds(times.all_created() - times.applied),
-                    "running_s": seconds(times.all_running() - times.applied),
-                    "ready_s": seconds(times.ready - times.applied),
-                }
-            )
-            # Settle, so the counters include the reconciles that the job's last pod events cause.
-            time.sleep(1.0)
-        after = operator_counters(self.operator)
-        self.delete_all()
-        medians = {key: seconds(statistics.median(run[key] for run in runs)) for key in runs[0]}
-        return {"runs": runs, "median": medians, "per_job": per_job(before, after, repeats)}
-
-    def many(self, count: int, idle_seconds: float) -> dict[str, Any]:
-        job_names = [f"job-{index:03d}" for index in range(count)]
-        before = operator_counters(self.operator)
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(self.apply, job_names))
-        applied_all = time.monotonic() - started
+            list(pool.map(apply, names))
+        apply_seconds = time.monotonic() - started
 
         def all_running() -> bool:
-            with self.timeline.lock:
-                return all(not math.isnan(self.timeline.jobs[name].all_running()) for name in job_names)
+            if watch.failure is not None:
+                raise watch.failure
+            return all(
+                sum(not math.isnan(pod.running) for pod in timeline.pods(name)) >= self.pods_per_job
+                for name in names
+            )
 
-        self.wait(f"{count} jobs Running", all_running, timeout=900)
-        total = time.monotonic() - started
-        self.wait(
-            f"{count} jobs Ready",
-            lambda: all(not math.isnan(self.timeline.jobs[name].ready) for name in job_names),
-            timeout=120,
-        )
-        time.sleep(1.0)
-        after = operator_counters(self.operator)
-        time.sleep(idle_seconds)
-        idle = operator_counters(self.operator)
-        jobs = [self.timeline.jobs[name] for name in job_names]
-        created = [job.all_created() - job.applied for job in jobs]
-        running = [job.all_running() - job.applied for job in jobs]
-        ready = [job.ready - job.applied for job in jobs]
+        try:
+            wait_until(
+                f"{self.jobs} {self.controller.kind}s Running", all_running, self.timeout, interval=0.2
+            )
+        except AssertionError:
+            short = {
+                name: [(pod.created, pod.bound, pod.running) for pod in timeline.pods(name)]
+                for name in names
+                if sum(not math.isnan(pod.running) for pod in timeline.pods(name)) < self.pods_per_job
+            }
+            print(f"not Running as the watch saw it ({len(short)} jobs): {dict(list(short.items())[:5])}; "
+                  f"watch events {dict(timeline.events)}", file=sys.stderr)  # fmt: skip
+            raise
+        last_running = time.monotonic() - started
+        time.sleep(SETTLE_SECONDS)
+        requests_after, cpu_after = apiserver_requests(self.dev), process_cpu_seconds(pid)
+        window = time.monotonic() - started
+        load_after = load_average()
+
+        created, running, partial, early = [], [], [], 0
+        for name in names:
+            pods = sorted(timeline.pods(name), key=lambda pod: pod.created)[: self.pods_per_job]
+            last_created = max(pod.created for pod in pods)
+            created.append(last_created - applied[name])
+            running.append(max(pod.running for pod in pods) - applied[name])
+            partial.append(last_created - pods[0].created)
+            early += any(pod.bound < last_created for pod in pods)
+        delta = requests_after - requests_before
+        total = sum(delta.values())
+        net = total - idle_rate * window
         return {
-            "jobs": count,
-            "apply_all_s": seconds(applied_all),
-            "total_to_all_running_s": seconds(total),
+            "jobs": self.jobs,
+            "apply_all_s": rounded(apply_seconds),
             "created_s": {
-                "p50": seconds(percentile(created, 0.5)),
-                "p99": seconds(percentile(created, 0.99)),
+                "p50": rounded(percentile(created, 0.5)),
+                "p99": rounded(percentile(created, 0.99)),
             },
             "running_s": {
-                "p50": seconds(percentile(running, 0.5)),
-                "p99": seconds(percentile(running, 0.99)),
+                "p50": rounded(percentile(running, 0.5)),
+                "p99": rounded(percentile(running, 0.99)),
             },
-            "ready_s": {"p50": seconds(percentile(ready, 0.5)), "p99": seconds(percentile(ready, 0.99))},
-            "per_job": per_job(before, after, count),
-            "idle": {
-                "seconds": idle_seconds,
-                "reconciles": idle.get("reconciles", 0) - after.get("reconciles", 0),
-                "api_requests": sum(
-                    idle[key] - after.get(key, 0.0)
-                    for key in idle
-                    if key not in ("reconciles", "reconcile errors")
-                ),
+            "first_apply_to_last_running_s": rounded(last_running),
+            "api_requests_per_job": rounded(net / self.jobs, 2),
+            "api_requests": {
+                "total": round(total),
+                "idle_rate_per_s": rounded(idle_rate, 2),
+                "window_s": rounded(window, 1),
+                "top": dict(delta.most_common(12)),
             },
+            "cpu_s": rounded(cpu_after - cpu_before, 2),
+            "peak_rss_mib": rounded(peak_rss_bytes(pid) / 2**20, 1),
+            "gang": {
+                "partial_created_max_s": rounded(max(partial)),
+                "partial_created_p99_s": rounded(percentile(partial, 0.99)),
+                "jobs_with_a_pod_bound_before_the_last_existed": early,
+            },
+            "load": {"before": load_before, "after": load_after},
+            "watch_resumed": watch.resumed,
         }
 
+    def delete_all(self) -> None:
+        """Deletes the round's jobs and waits until none of their pods is left."""
+        kind = f"{self.controller.plural}.{self.controller.plural_path.split('/')[2]}"
+        self.controller.cluster.kubectl("-n", NAMESPACE, "delete", kind, "--all", "--wait=false", timeout=300)
+        client = self.dev.admin_client()
 
-def format_report(result: dict[str, Any]) -> str:
-    single, many = result["single"], result["many"]
-    lines = [
-        f"operator at scale: {result['nodes']} fake nodes x 8 GPUs, jobs of {WORKERS_PER_JOB} one-GPU workers "
-        f"({STAGES} stages x {REPLICAS} replicas); {result['machine']['cpus']} CPUs",
-        "",
-        f"{'':34}{'created':>10}{'Running':>10}{'Ready':>10}",
-        f"{'(a) one job, median of ' + str(len(single['runs'])):34}"
-        + "".join(f"{single['median'][key]:>9.2f}s" for key in ("created_s", "running_s", "ready_s")),
-    ]
-    for share in ("p50", "p99"):
-        label = f"(b) {many['jobs']} jobs at once, {share}"
-        lines.append(
-            f"{label:34}"
-            + "".join(f"{many[key][share]:>9.2f}s" for key in ("created_s", "running_s", "ready_s"))
-        )
-    lines += [
-        f"(b) all {many['jobs']} applied in {many['apply_all_s']:.2f} s; all Running "
-        f"{many['total_to_all_running_s']:.2f} s after the first apply",
-        "",
-        f"(c) per job{'':22}{'(a)':>10}{'(b)':>10}",
-    ]
-    keys = sorted(set(single["per_job"]) | set(many["per_job"]), key=lambda k: (k != "api requests (all)", k))
-    for key in keys:
-        lines.append(
-            f"    {key:30}{single['per_job'].get(key, 0):>10.2f}{many['per_job'].get(key, 0):>10.2f}"
-        )
-    idle = many["idle"]
-    if result["note"]:
-        lines.insert(1, f"note: {result['note']}")
-    lines.append(
-        f"idle, every job Running: {idle['reconciles']:.0f} reconciles and {idle['api_requests']:.0f} API "
-        f"requests in {idle['seconds']:.0f} s"
+        def no_pods() -> bool:
+            listing = client.get_json(f"/api/v1/pods?labelSelector={BENCH_LABEL}&limit=1")
+            return not listing["items"]
+
+        wait_until("every benchmark pod gone", no_pods, timeout=max(300.0, self.jobs * 1.0), interval=1.0)
+
+
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every number over the rounds, keeping the shape of one round."""
+
+    def merge(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, dict):
+            return {key: merge([value[key] for value in values if key in value]) for key in first}
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            return rounded(statistics.median(values))
+        return first
+
+    merged = merge(rounds)
+    merged["api_requests"].pop("top", None)
+    return dict(merged)
+
+
+# -- the comparison ----------------------------------------------------------------------------------------
+
+
+def compare(arguments: argparse.Namespace, dev: DevCluster, scratch: Path) -> dict[str, Any]:
+    cluster = LocalCluster(dev)
+    controllers = [CONTROLLERS[name](cluster, scratch) for name in arguments.controllers]
+    rows: dict[str, dict[str, Any]] = {}
+    available: list[JobController] = []
+    for controller in controllers:
+        reason = controller.unavailable()
+        if reason:
+            print(f"{controller.name}: not measured: {reason}", file=sys.stderr, flush=True)
+            rows[controller.name] = {"skipped": reason}
+            continue
+        controller.install()
+        available.append(controller)
+        rows[controller.name] = {"kind": controller.kind, "rounds": []}
+    for index in range(arguments.repeats):
+        for controller in available:
+            print(f"round {index + 1}/{arguments.repeats}: {controller.name}", file=sys.stderr, flush=True)
+            controller.start()
+            timeline = Timeline()
+            one = Round(
+                controller, dev, arguments.jobs, PODS_PER_JOB,
+                lambda name, c=controller: c.job(name, NAMESPACE),  # type: ignore[misc]
+                prefix=f"{controller.name[:2]}{index}", idle_seconds=arguments.idle_seconds,
+            )  # fmt: skip
+            try:
+                with watching(dev, PODS_WATCH, timeline.on_pod) as watch:
+                    result = one.run(timeline, watch)
+                one.delete_all()
+            except AssertionError:
+                print(f"{controller.name} log (tail):\n{controller.log_tail(40)}", file=sys.stderr)
+                raise
+            finally:
+                controller.stop()
+            rows[controller.name]["rounds"].append(result)
+            print(f"  {summary_line(result)}", file=sys.stderr, flush=True)
+    for row in rows.values():
+        if row.get("rounds"):
+            row["median"] = median_of(row["rounds"])
+    return rows
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    return (
+        f"Running p50 {result['running_s']['p50']:.1f} s p99 {result['running_s']['p99']:.1f} s, "
+        f"{result['api_requests_per_job']:.1f} requests/job, cpu {result['cpu_s']:.1f} s, "
+        f"load {result['load']['before']}-{result['load']['after']}"
     )
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    lines = [
+        f"job controllers side by side: {result['jobs']} jobs x {PODS_PER_JOB} pods x 1 GPU at once, "
+        f"{result['nodes']} kwok nodes x 8 GPUs, median of {result['repeats']} rounds; "
+        f"{result['machine']['cpus']} CPUs shared, {result['machine']['memory_gib']} GiB",
+        "",
+        f"{'':20}{'created p50/p99':>18}{'Running p50/p99':>18}{'last Running':>14}{'req/job':>9}"
+        f"{'cpu s':>8}{'peak MiB':>10}{'partial max':>13}{'bound early':>13}{'load':>12}",
+    ]
+    for name, row in rows.items():
+        if "skipped" in row:
+            lines.append(f"{name:20}not measured: {row['skipped']}")
+            continue
+        m = row["median"]
+        lines.append(
+            f"{name:20}{m['created_s']['p50']:>8.2f}/{m['created_s']['p99']:<6.2f}s "
+            f"{m['running_s']['p50']:>8.2f}/{m['running_s']['p99']:<6.2f}s "
+            f"{m['first_apply_to_last_running_s']:>11.1f} s{m['api_requests_per_job']:>9.1f}"
+            f"{m['cpu_s']:>8.1f}{m['peak_rss_mib']:>10.0f}{m['gang']['partial_created_max_s']:>11.2f} s"
+            f"{m['gang']['jobs_with_a_pod_bound_before_the_last_existed']:>13.0f}"
+            f"{m['load']['before']:>6.1f}-{m['load']['after']:<5.1f}"
+        )
+    measured = {name: row["median"] for name, row in rows.items() if "median" in row}
+    ours = measured.get(MaaSOperator.name)
+    anchors = {name: m for name, m in measured.items() if name != MaaSOperator.name}
+    if ours and anchors:
+        best = min(anchors, key=lambda name: anchors[name]["running_s"]["p99"])
+        lines += [
+            "",
+            f"ratios to the best anchor ({best}): Running p99 "
+            f"{ours['running_s']['p99'] / anchors[best]['running_s']['p99']:.2f}x, API requests per job "
+            f"{ours['api_requests_per_job'] / anchors[best]['api_requests_per_job']:.2f}x",
+        ]
+    lines += [
+        "",
+        "req/job: apiserver_request_total over the round (until all Running + 3 s), less the idle rate just "
+        "before, per job; cpu s and peak MiB: the controller process; partial max: longest time a job had "
+        "only part of its pods created; bound early: jobs with a pod bound to a node before their last pod "
+        "existed; load: 1-minute load average before-after the round (median)",
+    ]
     return "\n".join(lines)
+
+
+def plot_comparison(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    measured = {name: row for name, row in result["rows"].items() if "median" in row}
+    figure, (times, requests) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(measured)
+    width = 0.2
+    for offset, (label, key, share) in enumerate(
+        [("created p50", "created_s", "p50"), ("created p99", "created_s", "p99"),
+         ("Running p50", "running_s", "p50"), ("Running p99", "running_s", "p99")]
+    ):  # fmt: skip
+        values = [measured[name]["median"][key][share] for name in names]
+        positions = [index + (offset - 1.5) * width for index in range(len(names))]
+        times.bar(positions, values, width, label=label)
+        for rnd in range(len(measured[names[0]]["rounds"])):
+            times.scatter(
+                positions,
+                [measured[name]["rounds"][rnd][key][share] for name in names if rnd < len(measured[name]["rounds"])],
+                color="black", s=6, zorder=3,
+            )  # fmt: skip
+    times.set_xticks(range(len(names)), names)
+    times.set_ylabel("seconds after the job's apply")
+    times.set_title(f"{result['jobs']} jobs x {PODS_PER_JOB} pods applied at once (dots: rounds)")
+    times.legend(fontsize=8)
+    requests.bar(
+        names, [measured[name]["median"]["api_requests_per_job"] for name in names], color="tab:gray"
+    )
+    requests.set_ylabel("API requests per job (all clients, net of idle)")
+    requests.set_title(f"load {min(m['median']['load']['before'] for m in measured.values()):.0f}-"
+                       f"{max(m['median']['load']['after'] for m in measured.values()):.0f} on "
+                       f"{result['machine']['cpus']} shared CPUs")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+# -- past the anchors: our operator alone, 1,000 nodes -----------------------------------------------------
+
+
+class OperatorWatcher:
+    """Our operator's metrics and process figures."""
+
+    def __init__(self, controller: MaaSOperator) -> None:
+        self.controller = controller
+
+    def counters(self) -> dict[str, Any]:
+        return operator_counters(self.controller.operator.metrics())
+
+
+def scale_wave(
+    controller: MaaSOperator, dev: DevCluster, count: int, stages: int, replicas: int, keep: bool
+) -> dict[str, Any]:
+    watcher = OperatorWatcher(controller)
+    timeline = Timeline()
+    before = watcher.counters()
+    one = Round(
+        controller, dev, count, stages * replicas,
+        lambda name: maasjob(name, NAMESPACE, stages, replicas),
+        prefix=f"scale{count}", idle_seconds=20.0, timeout=max(900.0, count * 2.0),
+    )  # fmt: skip
+    print(f"scale: {count} MaaSJobs x {stages * replicas} pods", file=sys.stderr, flush=True)
+    with watching(dev, PODS_WATCH, timeline.on_pod) as watch:
+        result = one.run(timeline, watch)
+    after = watcher.counters()
+    own = after["requests"] - before["requests"]
+    window = result["api_requests"]["window_s"]
+    result.update(
+        {
+            "operator_requests_per_job": rounded(sum(own.values()) / count, 2),
+            "operator_requests": dict(own),
+            "reconciles_per_job": rounded((after["reconciles"] - before["reconciles"]) / count, 2),
+            "reconcile_p99_s_at_most": histogram_quantile(
+                before["reconcile_buckets"], after["reconcile_buckets"], 0.99
+            ),
+            "api_request_rate_per_s": rounded(result["api_requests"]["total"] / window, 1),
+            "operator_request_rate_per_s": rounded(sum(own.values()) / window, 1),
+            "cpu_s_per_job": rounded(result["cpu_s"] / count, 4),
+            "rss_mib_after": rounded(
+                int(Path(f"/proc/{controller.pid()}/status").read_text().split("VmRSS:")[1].split()[0])
+                / 1024,
+                1,
+            ),
+        }
+    )
+    print(f"  {summary_line(result)}", file=sys.stderr, flush=True)
+    if not keep:
+        one.delete_all()
+    return result
+
+
+def steady_state(controller: MaaSOperator, dev: DevCluster, seconds: float) -> dict[str, Any]:
+    """Every job Running, nothing changing: what the operator and the cluster still spend."""
+    watcher = OperatorWatcher(controller)
+    before, requests_before = watcher.counters(), sum(apiserver_requests(dev).values())
+    cpu_before, started = process_cpu_seconds(controller.pid()), time.monotonic()
+    time.sleep(seconds)
+    after, requests_after = watcher.counters(), sum(apiserver_requests(dev).values())
+    elapsed = time.monotonic() - started
+    return {
+        "seconds": rounded(elapsed, 1),
+        "operator_requests": dict(after["requests"] - before["requests"]),
+        "reconciles": after["reconciles"] - before["reconciles"],
+        "operator_cpu_s": rounded(process_cpu_seconds(controller.pid()) - cpu_before, 2),
+        "api_request_rate_per_s": rounded((requests_after - requests_before) / elapsed, 1),
+        "load": load_average(),
+    }
+
+
+def restart(controller: MaaSOperator, dev: DevCluster, jobs: int) -> dict[str, Any]:
+    """Restarts the operator with every job present: time to be in sync, and what it changed."""
+    client = dev.admin_client()
+    listing = client.get_json(f"/api/v1/pods?labelSelector={BENCH_LABEL}")
+    uids_before = {pod["metadata"]["uid"] for pod in listing["items"]}
+    version = listing["metadata"]["resourceVersion"]
+    events: Counter[str] = Counter()
+
+    def on_event(_: float, event: dict[str, Any]) -> None:
+        if event["type"] in ("ADDED", "DELETED"):
+            events[event["type"]] += 1
+
+    print(f"scale: restarting the operator with {jobs} jobs present", file=sys.stderr, flush=True)
+    with watching(dev, f"{PODS_WATCH}&resourceVersion={version}", on_event):
+        controller.stop()
+        load_before = load_average()
+        started = time.monotonic()
+        controller.start()
+        process_started = time.monotonic() - started
+        watcher = OperatorWatcher(controller)
+
+        def in_sync() -> dict[str, Any] | None:
+            figures = watcher.counters()
+            return figures if figures.get("reconciles", 0) >= jobs and figures.get("queue", 1) == 0 else None
+
+        wait_until("the restarted operator in sync", in_sync, timeout=900, interval=0.5)
+        sync_seconds = time.monotonic() - started
+        time.sleep(10.0)  # anything the restart would still do shows up here
+        figures = watcher.counters()
+    uids_after = {
+        pod["metadata"]["uid"]
+        for pod in client.get_json(f"/api/v1/pods?labelSelector={BENCH_LABEL}")["items"]
+    }
+    writes = {key: value for key, value in figures["requests"].items() if not key.startswith("GET")}
+    return {
+        "jobs": jobs,
+        "seconds_to_liveness": rounded(process_started, 2),
+        "seconds_to_in_sync": rounded(sync_seconds, 2),
+        "reconciles": figures["reconciles"],
+        "pods_created": events["ADDED"],
+        "pods_deleted": events["DELETED"],
+        "pod_uids_unchanged": uids_before == uids_after,
+        "operator_writes": writes,
+        "operator_reads": {key: value for key, value in figures["requests"].items() if key.startswith("GET")},
+        "peak_rss_mib": rounded(peak_rss_bytes(controller.pid()) / 2**20, 1),
+        "load": {"before": load_before, "after": load_average()},
+    }
+
+
+def planning_table(node_counts: list[int], repeats: int = 20) -> list[dict[str, Any]]:
+    """Decision time in-process: a new 8-worker job planned, and a running one looked at again, on clusters of
+    `node_counts` nodes whose first half is full of other pods (what the operator's cache holds there)."""
+    from datetime import timedelta
+
+    from maas_devcluster.topology import build_node_manifests
+    from maas_operator.cache import WorldCache
+    from maas_operator.reconcile import reconcile
+    from maas_operator.settings import OperatorSettings
+
+    settings = OperatorSettings()
+    rows = []
+    now = datetime.now(UTC)
+    for count in node_counts:
+        cache = WorldCache()
+        nodes = build_node_manifests(load_cluster_description().with_node_count(count))
+        for node in nodes:
+            cache.put_node(None, node)
+        for index, node in enumerate(nodes[: count // 2]):
+            for gpu in range(8):
+                cache.put_pod(None, {
+                    "metadata": {"name": f"other-{index}-{gpu}", "namespace": "others", "uid": f"u{index}-{gpu}"},
+                    "spec": {"nodeName": node["metadata"]["name"],
+                             "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+                    "status": {"phase": "Running"},
+                })  # fmt: skip
+        planning, steady = [], []
+        for attempt in range(repeats):
+            name = f"job-{attempt}"
+            manifest = maasjob(name, NAMESPACE, 2, 4)
+            manifest["metadata"].update(
+                {"uid": f"job-uid-{attempt}", "generation": 1, "resourceVersion": "1"}
+            )
+            key = cache.put_job(None, manifest)
+            began = time.perf_counter()
+            observed = cache.observe(key, now)
+            assert observed is not None
+            decision = reconcile(observed, settings)
+            planning.append(time.perf_counter() - began)
+            assert decision.planned, decision.status
+            # Carry it out as the cluster would: the plan stored, the pods bound and Running.
+            for manifest_out in decision.apply:
+                body = json.loads(json.dumps(manifest_out))
+                body["metadata"]["resourceVersion"] = "2"
+                if body["kind"] == "ConfigMap":
+                    cache.put_configmap(None, body)
+                elif body["kind"] == "Pod" and not body["spec"].get("schedulingGates"):
+                    body["metadata"]["uid"] = f"{name}-{body['metadata']['name']}"
+                    body["metadata"]["creationTimestamp"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    body["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                    cache.put_pod(None, body)
+            job = cache.jobs[key]
+            job["status"] = decision.status.to_wire()
+            for _ in range(2):
+                began = time.perf_counter()
+                observed = cache.observe(key, now + timedelta(seconds=1))
+                assert observed is not None
+                decision = reconcile(observed, settings)
+                job["status"] = decision.status.to_wire()
+            steady.append(time.perf_counter() - began)
+            assert not decision.planned and not decision.apply, "a running job should need nothing"
+        rows.append(
+            {
+                "nodes": count,
+                "pods_in_cache": len(cache.holders),
+                "planning_ms": {
+                    "p50": rounded(percentile(planning, 0.5) * 1000),
+                    "p99": rounded(percentile(planning, 0.99) * 1000),
+                },
+                "steady_decision_ms": {
+                    "p50": rounded(percentile(steady, 0.5) * 1000),
+                    "p99": rounded(percentile(steady, 0.99) * 1000),
+                },
+            }
+        )
+        print(f"planning with {count} nodes: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+def scale(arguments: argparse.Namespace, dev: DevCluster, scratch: Path) -> dict[str, Any]:
+    controller = MaaSOperator(LocalCluster(dev), scratch)
+    controller.install()
+    controller.start()
+    waves = []
+    try:
+        for count in arguments.scale_waves:
+            keep = count == arguments.scale_waves[-1]
+            waves.append(scale_wave(controller, dev, count, 2, 4, keep))
+        steady = steady_state(controller, dev, 30.0)
+        restarted = restart(controller, dev, arguments.scale_waves[-1])
+    except AssertionError:
+        print(f"operator log (tail):\n{controller.log_tail(40)}", file=sys.stderr)
+        raise
+    finally:
+        controller.stop()
+    return {"waves": waves, "steady": steady, "restart": restarted}
+
+
+def format_scale(result: dict[str, Any]) -> str:
+    lines = [
+        f"our operator past the anchors: {result['nodes']} kwok nodes x 8 GPUs, MaaSJobs of 8 pods "
+        f"(2 stages x 4 replicas) applied at once; {result['machine']['cpus']} CPUs shared, "
+        f"{result['machine']['memory_gib']} GiB",
+        "",
+        f"{'jobs':>6}{'Running p50/p99':>20}{'last Running':>14}{'req/job all':>13}{'req/job ours':>14}"
+        f"{'reconciles/job':>16}{'cpu ms/job':>12}{'reconcile p99':>15}{'req/s all':>11}{'req/s ours':>12}"
+        f"{'RSS MiB':>9}{'load':>12}",
+    ]
+    for wave in result["scale"]["waves"]:
+        lines.append(
+            f"{wave['jobs']:>6}{wave['running_s']['p50']:>11.1f}/{wave['running_s']['p99']:<6.1f}s "
+            f"{wave['first_apply_to_last_running_s']:>11.1f} s{wave['api_requests_per_job']:>13.1f}"
+            f"{wave['operator_requests_per_job']:>14.1f}{wave['reconciles_per_job']:>16.2f}"
+            f"{wave['cpu_s_per_job'] * 1000:>12.1f}{'<= ' + str(wave['reconcile_p99_s_at_most']) + ' s':>15}"
+            f"{wave['api_request_rate_per_s']:>11.0f}{wave['operator_request_rate_per_s']:>12.1f}"
+            f"{wave['rss_mib_after']:>9.0f}{wave['load']['before']:>6.1f}-{wave['load']['after']:<5.1f}"
+        )
+    steady = result["scale"]["steady"]
+    lines += [
+        "",
+        f"steady ({steady['seconds']:.0f} s, every job Running): operator requests "
+        f"{sum(steady['operator_requests'].values()):.0f}, reconciles {steady['reconciles']:.0f}, operator cpu "
+        f"{steady['operator_cpu_s']:.1f} s, all clients {steady['api_request_rate_per_s']:.0f} requests/s "
+        f"(load {steady['load']})",
+    ]
+    again = result["scale"]["restart"]
+    lines += [
+        f"restart with {again['jobs']} jobs present: live after {again['seconds_to_liveness']:.1f} s, in sync "
+        f"(every job reconciled, queue empty) after {again['seconds_to_in_sync']:.1f} s; pods created "
+        f"{again['pods_created']}, deleted {again['pods_deleted']}, pod UIDs unchanged: "
+        f"{again['pod_uids_unchanged']}; operator writes {again['operator_writes'] or 'none'}; peak "
+        f"{again['peak_rss_mib']:.0f} MiB (load {again['load']['before']}-{again['load']['after']})",
+        "",
+        "decision time in-process (a new 8-worker job planned / a running job looked at again), half the "
+        "nodes full of other pods:",
+        f"{'nodes':>8}{'pods cached':>13}{'planning p50/p99':>20}{'steady p50/p99':>20}",
+    ]
+    for row in result["planning"]:
+        lines.append(
+            f"{row['nodes']:>8}{row['pods_in_cache']:>13}"
+            f"{row['planning_ms']['p50']:>10.2f}/{row['planning_ms']['p99']:<6.2f}ms"
+            f"{row['steady_decision_ms']['p50']:>10.2f}/{row['steady_decision_ms']['p99']:<6.2f}ms"
+        )
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory / 2**30),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def git_commit() -> str:
+    answer = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return answer.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=100, help="jobs applied at once in (b)")
-    parser.add_argument("--single-repeats", type=int, default=3, help="repeats of (a)")
-    parser.add_argument("--spare-nodes", type=int, default=2, help="nodes beyond what the jobs fill")
-    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle watch after (b)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--controllers", nargs="+", choices=list(CONTROLLERS), default=list(CONTROLLERS))
+    parser.add_argument("--jobs", type=int, default=100, help="jobs applied at once per round")
     parser.add_argument(
-        "--note", default="", help="a line saved with the results (e.g. which operator build)"
+        "--repeats", type=int, default=3, help="rounds per controller (the median is reported)"
     )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=20.0,
+        help="idle baseline before each round (2 node-lease periods)",
+    )
+    parser.add_argument("--spare-nodes", type=int, default=2, help="nodes beyond what the jobs fill")
+    parser.add_argument("--scale", action="store_true", help="our operator past the anchors (see above)")
+    parser.add_argument("--nodes", type=int, default=1000, help="kwok nodes of --scale")
+    parser.add_argument("--scale-waves", type=int, nargs="+", default=[10, 100, 1000], help="jobs per wave")
+    parser.add_argument("--planning-nodes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--output", type=Path, help="results file (.json; .txt and .png beside it)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--note", default="", help="a line saved with the results")
     arguments = parser.parse_args(argv)
+    # SIGTERM unwinds like an exception, so the cluster and the controller processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     gpus_per_node = load_cluster_description().pools[0].gpus_per_node
-    nodes = math.ceil(arguments.jobs * WORKERS_PER_JOB / gpus_per_node) + arguments.spare_nodes
-    cluster = load_cluster_description().with_node_count(nodes)
-    with tempfile.TemporaryDirectory(prefix="maas-bench-operator-") as scratch:
-        state_dir = Path(scratch) / "cluster"
-        print(f"starting a local cluster of {nodes} nodes in {state_dir}", file=sys.stderr, flush=True)
-        dev = up(state_dir, cluster, timeout_seconds=600)
-        operator = OperatorProcess(LocalCluster(dev), Path(scratch))
-        bench = Bench(dev, operator)
-        try:
-            local = LocalCluster(dev)
-            local.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "maasjob.yaml"))
-            local.kubectl("wait", "--for=condition=Established", "crd/maasjobs.maas.dev", "--timeout=60s")
-            local.kubectl("create", "namespace", NAMESPACE)
-            operator.start()
-            with bench.watching():
-                print("(a) one job at a time", file=sys.stderr, flush=True)
-                single = bench.single(arguments.single_repeats)
-                print(f"(b) {arguments.jobs} jobs at once", file=sys.stderr, flush=True)
-                many = bench.many(arguments.jobs, arguments.idle_seconds)
-            operator_log_tail = operator.log_text().splitlines()[-5:]
-        except AssertionError:
-            # A milestone never came: show what the jobs and the operator say before the cluster goes.
-            print(bench.unfinished_report(), file=sys.stderr)
-            print(
-                "operator log (tail):\n" + "\n".join(operator.log_text().splitlines()[-40:]), file=sys.stderr
+    if arguments.scale:
+        nodes = arguments.nodes
+        needed = math.ceil(max(arguments.scale_waves) * 8 / gpus_per_node)
+        if needed > nodes:
+            parser.error(
+                f"--nodes {nodes} hold {nodes * gpus_per_node} GPUs; the last wave needs {needed} nodes"
             )
-            raise
-        finally:
-            operator.stop()
-            down(state_dir)
-    result = {
+        output = arguments.output or RESULTS / f"operator_scale_{max(arguments.scale_waves)}.json"
+    else:
+        nodes = math.ceil(arguments.jobs * PODS_PER_JOB / gpus_per_node) + arguments.spare_nodes
+        output = arguments.output or RESULTS / "operator_scale.json"
+    result: dict[str, Any] = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "commit": git_commit(),
+        "machine": machine(),
         "note": arguments.note,
         "nodes": nodes,
-        "workers_per_job": WORKERS_PER_JOB,
-        "single": single,
-        "many": many,
-        "operator_log_tail": operator_log_tail,
     }
-    report = format_report(result)
+    with tempfile.TemporaryDirectory(prefix="maas-bench-scale-") as folder:
+        scratch = Path(folder)
+        state_dir = scratch / "cluster"
+        print(f"starting a local cluster of {nodes} nodes in {state_dir}", file=sys.stderr, flush=True)
+        dev = up(state_dir, load_cluster_description().with_node_count(nodes), timeout_seconds=1200)
+        result["cluster_start_s"] = dev.state.startup_seconds
+        try:
+            LocalCluster(dev).kubectl("create", "namespace", NAMESPACE)
+            if arguments.scale:
+                result["scale"] = scale(arguments, dev, scratch)
+            else:
+                result.update(
+                    {
+                        "jobs": arguments.jobs,
+                        "repeats": arguments.repeats,
+                        "rows": compare(arguments, dev, scratch),
+                    }
+                )
+        finally:
+            down(state_dir)
+    if arguments.scale:
+        result["planning"] = planning_table(arguments.planning_nodes)
+        report = format_scale(result)
+    else:
+        report = format_comparison(result)
+    if arguments.note:
+        report = f"{report}\nnote: {arguments.note}"
+    report = f"{report}\nmeasured {result['measured_at']} at {result['commit']}"
     print(report)
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(json.dumps(result, indent=2) + "\n")
-    arguments.output.with_suffix(".txt").write_text(report + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    output.with_suffix(".txt").write_text(report + "\n")
+    if not arguments.scale and not arguments.no_plot:
+        plot_comparison(result, output.with_suffix(".png"))
     return 0
 
 

@@ -7,8 +7,9 @@ writes through (`put_own_write`), so the next decision sees them before their wa
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ Body = Mapping[str, Any]
 
 FINISHED_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
+RESERVED_UID_PREFIX = "reserved:"
+"""UID of a pod recorded before its create (`reserve_pods`); the API server's UIDs never look like it."""
 DELETED_UIDS_KEPT = 100_000
 """Deleted pod UIDs remembered (a late write-through comes within seconds; this is far more than enough)."""
 
@@ -89,6 +92,7 @@ class WorldCache:
         """job key -> ((uid, generation), parsed spec or None, why not), so a spec is validated once."""
         self._plans: dict[tuple[str, str], Plan | None] = {}
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
+        self._reservations = itertools.count()
         self._deleted_pod_uids: dict[str, None] = {}
         self.progress: dict[str, Progress] = {}
         """What worker 0 of each Train job last reported (the progress poller writes it)."""
@@ -207,6 +211,33 @@ class WorldCache:
                 return False
             self.put_job("MODIFIED", body)
         return True
+
+    def reserve_pods(self, manifests: Sequence[Body]) -> list[dict[str, Any]]:
+        """Records pods about to be created, before any request, so the next placement counts their GPUs while
+        the creates are in flight; returns the records for `drop_unconfirmed`. Each carries a UID of its own
+        (no pod has it, and no other reservation: a dropped one is remembered as deleted), so a late DELETED
+        event of an older pod of the same name leaves it alone; the API server's answer or the watch event
+        replaces it."""
+        reserved: list[dict[str, Any]] = []
+        for manifest in manifests:
+            metadata = manifest.get("metadata") or {}
+            record = {
+                **manifest,
+                "metadata": {**metadata, "uid": f"{RESERVED_UID_PREFIX}{next(self._reservations)}"},
+            }
+            job_key = self.put_pod(None, record)
+            stored = self.pods.get(job_key, {}).get(name_of(object_key(manifest))) if job_key else None
+            if stored is not None:
+                reserved.append(stored)
+        return reserved
+
+    def drop_unconfirmed(self, reserved: Sequence[Body]) -> None:
+        """Forgets the reservations that nothing replaced (their create failed or never went out)."""
+        for record in reserved:
+            job_key = job_key_of(record)
+            name = name_of(object_key(record))
+            if job_key is not None and self.pods.get(job_key, {}).get(name) is record:
+                self.put_pod("DELETED", record)
 
     def forget_job(self, key: str) -> None:
         """The job is gone: its children go with it (owner references), so drop what we know of them."""

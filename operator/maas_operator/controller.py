@@ -2,7 +2,7 @@
 
 The only stateful part of the operator besides the caches. One asyncio lock serialises the decisions that
 place pods (new plans and new pods), so two jobs never count the same free GPUs: the second decides after the
-first's pods are in the cache.
+first's pods are in the cache, where they are recorded before their creates go out.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from maas_operator.progress import ProgressPoller
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
 from maas_operator.settings import OperatorSettings
 from maas_operator.workqueue import WorkQueue
+from maas_operator.world import WorkerPod
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,10 @@ PriorityClass, a quota, an invalid template field): posted on the job as a Faile
 def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     """A decision's applies, in order, cut into waves whose objects may be applied concurrently.
 
-    A wave is a run of one kind, with distinct names and, for pods, one gate state, so the order that matters
-    is kept: the Service and the plans exist before any pod, and every gated pod of a gang exists before any
-    gate is lifted (lifting the gate of a pod made earlier must not race the creation of its missing peers).
+    A wave is a run of pods of one gate state, or a run of the objects pods need (the Service and the plans,
+    which need nothing of each other), with distinct names, so the order that matters is kept: the Service
+    and the plans exist before any pod, and every gated pod of a gang exists before any gate is lifted
+    (lifting the gate of a pod made earlier must not race the creation of its missing peers).
     """
     waves: list[list[Manifest]] = []
     in_wave: set[str] = set()
@@ -55,8 +57,21 @@ def apply_waves(manifests: Sequence[Manifest]) -> list[list[Manifest]]:
     return waves
 
 
-def _wave_kind(manifest: Manifest) -> tuple[str, bool]:
-    return manifest["kind"], bool((manifest.get("spec") or {}).get("schedulingGates"))
+def new_pods(manifests: Sequence[Manifest], existing: Sequence[WorkerPod]) -> list[Manifest]:
+    """The pods a decision creates: the first apply of each pod that does not exist yet."""
+    present = {pod.name for pod in existing}
+    created = []
+    for manifest in manifests:
+        name = manifest["metadata"]["name"]
+        if manifest["kind"] == "Pod" and name not in present:
+            created.append(manifest)
+            present.add(name)
+    return created
+
+
+def _wave_kind(manifest: Manifest) -> tuple[bool, bool]:
+    """(is a pod, is gated)."""
+    return manifest["kind"] == "Pod", bool((manifest.get("spec") or {}).get("schedulingGates"))
 
 
 class Controller:
@@ -180,16 +195,22 @@ class Controller:
             if observed is None:
                 return
             decision = self._decide(observed)
-            if decision.planned or decision.creates_pods(observed.pods):
-                async with self.placement_lock:
-                    # Decide again under the lock: another job may have placed pods meanwhile.
-                    observed = self.cache.observe(key, datetime.now(UTC))
-                    if observed is None:
-                        return
-                    decision = self._decide(observed)
-                    await self._carry_out(key, observed, decision)
-            else:
+            if not (decision.planned or decision.creates_pods(observed.pods)):
                 await self._carry_out(key, observed, decision)
+                return
+            async with self.placement_lock:
+                # Decide again under the lock: another job may have placed pods meanwhile.
+                observed = self.cache.observe(key, datetime.now(UTC))
+                if observed is None:
+                    return
+                decision = self._decide(observed)
+                # The new pods go into the cache before any request: the next decision counts their GPUs while
+                # this one's requests are in flight, so the lock never waits for the API server.
+                reserved = self.cache.reserve_pods(new_pods(decision.apply, observed.pods))
+            try:
+                await self._carry_out(key, observed, decision)
+            finally:
+                self.cache.drop_unconfirmed(reserved)
 
     async def _carry_out(self, key: str, observed: Observed, decision: Decision) -> None:
         job = observed.job

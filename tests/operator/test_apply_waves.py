@@ -40,22 +40,25 @@ def first_decision_applies() -> list[Manifest]:
     return list(reconcile(observed, OperatorSettings()).apply)
 
 
-def test_waves_keep_the_order_and_split_at_a_new_kind_or_a_repeated_name() -> None:
+def test_waves_keep_the_order_and_split_between_pods_and_what_they_need_or_at_a_repeated_name() -> None:
     applies = [
-        manifest("Service", "job"),
         manifest("ConfigMap", "job-plan"),
+        manifest("Service", "job"),
         manifest("ConfigMap", "job-plan-r0"),
         manifest("Pod", "a"),
         manifest("Pod", "b"),
         manifest("Pod", "a"),
         manifest("Pod", "b"),
+        manifest("ConfigMap", "job-plan-r0"),
+        manifest("ConfigMap", "job-plan-r0"),
     ]
     waves = apply_waves(applies)
     assert [[(m["kind"], m["metadata"]["name"]) for m in wave] for wave in waves] == [
-        [("Service", "job")],
-        [("ConfigMap", "job-plan"), ("ConfigMap", "job-plan-r0")],
+        [("ConfigMap", "job-plan"), ("Service", "job"), ("ConfigMap", "job-plan-r0")],
         [("Pod", "a"), ("Pod", "b")],
         [("Pod", "a"), ("Pod", "b")],
+        [("ConfigMap", "job-plan-r0")],
+        [("ConfigMap", "job-plan-r0")],
     ]
     assert apply_waves([]) == []
 
