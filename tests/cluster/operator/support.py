@@ -63,7 +63,6 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "MAAS_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
-            **self.environment,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("wb")
