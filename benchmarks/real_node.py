@@ -5,7 +5,8 @@ Usage (root): python benchmarks/real_node.py [--steps 100] [--build-log /tmp/rea
    Ready node, with the node's milestones (certificates, containerd, images imported, CoreDNS, node Ready).
 2. The operator as a process with the node's settings; examples/large-model-train.yaml with `gpus: 0` on the
    real node (3 stages x 2 replicas): apply -> all 6 pods Running -> Ready -> first step -> Succeeded.
-3. The same plan launched on this machine with `python -m maas_runtime.launch`: steps/s in pods / locally.
+3. The same plan launched on this machine with `python -m maas_runtime.launch` with the pods' one OpenMP thread
+   per worker (and once with launch's default): steps/s in pods / locally, round by round (--rounds, in turn).
 With --build-log, the per-binary cold build times of the node's components from a hack/build-control-plane.sh
 log (the `built NAME in N s` lines) are recorded beside them. Prints a table; writes results/real_node.json.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +29,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the operator-as-a-process helper lives with the cluster tests
 
+from maas_api.job import GROUP, PLURAL, VERSION  # noqa: E402
 from maas_api.plan import Plan  # noqa: E402
+from maas_devcluster.apiclient import ApiClient  # noqa: E402
 from maas_devcluster.control_plane import down, up  # noqa: E402
 from maas_devcluster.node_config import NODE_BINARIES  # noqa: E402
 from maas_devcluster.testing import LocalCluster  # noqa: E402
@@ -50,56 +54,68 @@ def node_build_seconds(build_log: Path) -> dict[str, int]:
 
 def steps_per_second(steps: list[dict[str, Any]]) -> float:
     """Steady rate: steps after the first (which includes warm-up) over their wall time."""
-    times = [event["time"] for event in steps]
+    times = [float(event["time"]) for event in steps]
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def train_on_the_real_node(
-    cluster: LocalCluster, scratch: Path, environment: dict[str, str], steps: int
-) -> dict[str, Any]:
-    install_crd(cluster)
-    operator = OperatorProcess(cluster, scratch, environment=environment)
-    operator.start()
-    try:
-        jobs = Jobs(cluster, "default")
-        job = reference_train_job(JOB)
-        job["spec"]["training"]["steps"] = steps
-        applied_wall, applied = time.time(), time.monotonic()
-        jobs.apply(job)
-        marks: dict[str, float] = {}
-        while time.monotonic() < applied + 1800:
-            status = jobs.status(JOB)
-            pods = jobs.pods(JOB)
-            if (
-                "pods-running" not in marks
-                and len(pods) == 6
-                and all(p["status"].get("phase") == "Running" for p in pods)
-            ):
+def train_in_pods(jobs: Jobs, api: ApiClient, name: str, steps: int) -> dict[str, Any]:
+    """Applies the job and times its milestones; returns them, the steps/s, the final loss and the plan.
+
+    Polls over one HTTPS connection every 0.5 s: kubectl processes several times a second would take a
+    good part of the 2 cores the workers run on.
+    """
+    job = reference_train_job(name)
+    job["spec"]["training"]["steps"] = steps
+    applied_wall, applied = time.time(), time.monotonic()
+    jobs.apply(job)
+    job_path = f"/apis/{GROUP}/{VERSION}/namespaces/{jobs.namespace}/{PLURAL}/{name}"
+    pods_path = f"/api/v1/namespaces/{jobs.namespace}/pods?labelSelector={names.JOB_LABEL}%3D{name}"
+    marks: dict[str, float] = {}
+    while time.monotonic() < applied + 1800:
+        status = api.get_json(job_path).get("status") or {}
+        if "pods-running" not in marks:
+            pods = api.get_json(pods_path)["items"]
+            if len(pods) == 6 and all(p["status"].get("phase") == "Running" for p in pods):
                 marks["pods-running"] = time.monotonic() - applied
-            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
-            if ready and "ready" not in marks:
-                marks["ready"] = time.monotonic() - applied
-            if status.get("phase") in ("Succeeded", "Failed"):
-                marks[status["phase"].lower()] = time.monotonic() - applied
-                break
-            time.sleep(0.2)
-        if "succeeded" not in marks:
-            raise RuntimeError(f"the job did not succeed: {jobs.status(JOB)}")
-        events = step_events(jobs.kubectl("logs", f"{JOB}-r0-s0").stdout)
-        step_lines = [e for e in events if e["event"] == "step"]
-        marks["first-step"] = step_lines[0]["time"] - applied_wall
-        configmap = json.loads(
-            jobs.kubectl("get", "configmap", names.plan_configmap_name(JOB), "-o", "json").stdout
-        )
-        plan = Plan.model_validate_json(configmap["data"][names.PLAN_KEY])
-        return {
-            "seconds_after_apply": {k: round(v, 2) for k, v in sorted(marks.items(), key=lambda kv: kv[1])},
-            "steps_per_second": round(steps_per_second(step_lines), 2),
-            "final_loss": step_lines[-1]["loss"],
-            "plan": plan,
-        }
-    finally:
-        operator.stop()
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        if ready and "ready" not in marks:
+            marks["ready"] = time.monotonic() - applied
+        if status.get("phase") in ("Succeeded", "Failed"):
+            marks[status["phase"].lower()] = time.monotonic() - applied
+            break
+        time.sleep(0.5)
+    if "succeeded" not in marks:
+        raise RuntimeError(f"the job did not succeed: {jobs.status(name)}")
+    step_lines = [
+        e for e in step_events(jobs.kubectl("logs", f"{name}-r0-s0").stdout) if e["event"] == "step"
+    ]
+    marks["first-step"] = step_lines[0]["time"] - applied_wall
+    configmap = json.loads(
+        jobs.kubectl("get", "configmap", names.plan_configmap_name(name), "-o", "json").stdout
+    )
+    jobs.kubectl("delete", "maasjob", name, "--wait=true")
+    return {
+        "seconds_after_apply": {k: round(v, 2) for k, v in sorted(marks.items(), key=lambda kv: kv[1])},
+        "steps_per_second": steps_per_second(step_lines),
+        "final_loss": step_lines[-1]["loss"],
+        "plan": Plan.model_validate_json(configmap["data"][names.PLAN_KEY]),
+    }
+
+
+def train_locally(plan: Plan, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    result = run(plan, workdir, env=env, timeout=1800)
+    if not result.ok:
+        raise RuntimeError(result.describe())
+    steps = result.events("step", rank=0)
+    return {"steps_per_second": steps_per_second(steps), "final_loss": steps[-1]["loss"]}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
 
 
 def main() -> None:
@@ -107,16 +123,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="pods, then locally, this many times in turn")
     parser.add_argument("--build-log", type=Path, default=None)
     arguments = parser.parse_args()
 
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "load_average_at_start": os.getloadavg()[0],
         "steps": arguments.steps,
+        "rounds": arguments.rounds,
     }
     if arguments.build_log is not None:
         results["cold_build_seconds"] = node_build_seconds(arguments.build_log)
+    pods: list[dict[str, Any]] = []
+    local: dict[str, list[dict[str, Any]]] = {"same_threads": [], "default": []}
     # A short folder: the node's unix sockets live in it.
     with tempfile.TemporaryDirectory(prefix="rn-", dir="/tmp") as scratch:
         state_dir = Path(scratch) / "c"
@@ -130,35 +151,71 @@ def main() -> None:
             results["control_plane_seconds"] = running.state.startup_seconds
             results["node_seconds"] = node.startup_seconds
             results["node_milestones"] = node.milestones
-            pods = train_on_the_real_node(
-                LocalCluster(running), Path(scratch), node.operator_environment(), arguments.steps
-            )
+            cluster = LocalCluster(running)
+            install_crd(cluster)
+            operator = OperatorProcess(cluster, Path(scratch), environment=node.operator_environment())
+            operator.start()
+            try:
+                jobs = Jobs(cluster, "default")
+                api = running.admin_client()
+                for round_ in range(arguments.rounds):
+                    pods.append(train_in_pods(jobs, api, f"{JOB}-{round_}", arguments.steps))
+                    # Locally with the pods' thread setting (one OpenMP thread per worker).
+                    work = Path(scratch) / f"local-{round_}"
+                    local["same_threads"].append(
+                        train_locally(pods[-1]["plan"], work, {"OMP_NUM_THREADS": "1"})
+                    )
+                # As `launch` runs by default: it calls the elastic agent directly, so unlike torchrun it sets
+                # no OMP_NUM_THREADS, and torch keeps one thread per core in every worker.
+                local["default"].append(train_locally(pods[-1]["plan"], Path(scratch) / "local-default", {}))
+            finally:
+                operator.stop()
         finally:
             down(state_dir)
-        plan: Plan = pods.pop("plan")
-        local = run(plan, Path(scratch) / "local", timeout=1800)
-        if not local.ok:
-            raise RuntimeError(local.describe())
-        local_steps = local.events("step", rank=0)
-    results["train_job_in_pods"] = pods
-    results["train_job_local"] = {
-        "steps_per_second": round(steps_per_second(local_steps), 2),
-        "final_loss": local_steps[-1]["loss"],
+    marks = pods[0]["seconds_after_apply"].keys()
+    results["train_job_in_pods"] = {
+        "seconds_after_apply": {
+            mark: spread([p["seconds_after_apply"][mark] for p in pods]) for mark in marks
+        },
+        "steps_per_second": spread([p["steps_per_second"] for p in pods]),
+        "final_losses": sorted({p["final_loss"] for p in pods}),
     }
-    results["pods_over_local_steps_per_second"] = round(
-        pods["steps_per_second"] / results["train_job_local"]["steps_per_second"], 3
-    )
+    results["train_job_local"] = {
+        name: {
+            "steps_per_second": spread([r["steps_per_second"] for r in runs]),
+            "final_losses": sorted({r["final_loss"] for r in runs}),
+        }
+        for name, runs in local.items()
+    }
+    ratios = [
+        p["steps_per_second"] / r["steps_per_second"]
+        for p, r in zip(pods, local["same_threads"], strict=True)
+    ]
+    results["pods_over_local_steps_per_second"] = spread(ratios)
 
-    print(f"{'measure':<46}{'value':>12}")
+    def row(label: str, value: object) -> None:
+        print(f"{label:<50}{value!s:>28}")
+
+    def span(values: dict[str, float]) -> str:
+        return f"{values['median']} ({values['min']}-{values['max']})"
+
+    row("measure", "median (min-max)")
     for name, seconds in results.get("cold_build_seconds", {}).items():
-        print(f"{'cold build ' + name + ' (s)':<46}{seconds:>12}")
-    print(f"{'up --real-node: control plane + node (s)':<46}{results['up_real_node_seconds']:>12}")
-    print(f"{'  of which the node (s)':<46}{results['node_seconds']:>12}")
-    for mark, seconds in pods["seconds_after_apply"].items():
-        print(f"{'train job: apply -> ' + mark + ' (s)':<46}{seconds:>12}")
-    print(f"{'steps/s in pods':<46}{pods['steps_per_second']:>12}")
-    print(f"{'steps/s launched locally':<46}{results['train_job_local']['steps_per_second']:>12}")
-    print(f"{'ratio pods / local':<46}{results['pods_over_local_steps_per_second']:>12}")
+        row(f"cold build {name} (s)", seconds)
+    row("up --real-node: control plane + node (s)", results["up_real_node_seconds"])
+    row("  of which the node (s)", results["node_seconds"])
+    for mark, values in results["train_job_in_pods"]["seconds_after_apply"].items():
+        row(f"train job: apply -> {mark} (s)", span(values))
+    row("steps/s in pods", span(results["train_job_in_pods"]["steps_per_second"]))
+    row(
+        "steps/s locally, 1 thread per worker",
+        span(results["train_job_local"]["same_threads"]["steps_per_second"]),
+    )
+    row(
+        "steps/s locally, launch's default threads",
+        span(results["train_job_local"]["default"]["steps_per_second"]),
+    )
+    row("ratio pods / local (1 thread), per round", span(results["pods_over_local_steps_per_second"]))
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS.relative_to(REPO)}")
 

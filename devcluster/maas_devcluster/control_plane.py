@@ -464,7 +464,15 @@ def up(
                 _say("reusing the real node already running")
             else:
                 stop_real_node(layout, client)
-                start_real_node(layout, running.server, client, running.state.name, timeout_seconds)
+                try:
+                    start_real_node(layout, running.server, client, running.state.name, timeout_seconds)
+                except BaseException:
+                    # A failed `up` leaves nothing running that it started (a reused cluster stays).
+                    if not running.reused:
+                        _say("stopping the control plane this `up` started")
+                        stop_components(running.state.pids)
+                        layout.state_file.unlink(missing_ok=True)
+                    raise
         return running
 
 

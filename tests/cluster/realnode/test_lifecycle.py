@@ -103,3 +103,15 @@ def test_up_real_node_runs_pods_and_down_leaves_the_host_as_it_found_it(
     )
     assert not state_dir.exists()
     assert processes_started_from(state_dir) == []
+
+
+def test_up_real_node_that_cannot_start_says_why_and_leaves_nothing_running(tmp_path: Path) -> None:
+    # A test's own tmp_path is too deep for the node's unix sockets: the host check refuses it.
+    state_dir = tmp_path / "a-state-folder-deep-enough-for-the-sockets"
+    started = run_cli(state_dir, "up", "--nodes", "1", "--real-node")
+    assert started.returncode == 1
+    assert "the real node cannot run on this machine; missing: a shorter state folder" in started.stderr
+    assert "stopping the control plane this `up` started" in started.stderr
+    assert processes_started_from(state_dir) == []
+    assert run_cli(state_dir, "status").returncode == 1
+    assert run_cli(state_dir, "down").returncode == 0
