@@ -80,5 +80,9 @@ def test_the_reference_train_job_succeeds_on_the_real_node_with_the_single_proce
     assert losses == pytest.approx(reference_training(plan).losses, abs=TOLERANCE)
     # The operator read worker 0's /progress through the pod network: the final state is in the status.
     progress = status.get("progress") or {}
-    assert (progress.get("step"), progress.get("totalSteps"), progress.get("finished")) == (STEPS, STEPS, True)
+    assert (progress.get("step"), progress.get("totalSteps"), progress.get("finished")) == (
+        STEPS,
+        STEPS,
+        True,
+    )
     assert progress["loss"] == pytest.approx(losses[-1], abs=TOLERANCE)
