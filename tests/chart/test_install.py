@@ -236,8 +236,10 @@ def test_namespaced_install_reconciles_only_its_namespaces_and_reads_nothing_els
         phases = run_lifecycle(team_a, operator, cluster, "inside")
         assert_pending_ready_succeeded(phases)
         assert_no_refusals(operator)
-        # The job outside its namespaces was never touched: no status, no pods.
-        assert not team_b.get("elsewhere").get("status")
+        # The job outside its namespaces was never touched: no pods, and only the CRD's defaults in its status
+        # (no condition, observedGeneration 0: never observed).
+        untouched = team_b.get("elsewhere").get("status") or {}
+        assert not untouched.get("conditions") and untouched.get("observedGeneration", 0) == 0, untouched
         assert not team_b.pods("elsewhere")
 
         core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
