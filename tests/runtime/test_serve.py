@@ -68,7 +68,12 @@ def test_serving_matches_the_whole_model_and_drains_on_sigterm(tmp_path: Path) -
         assert status == 200 and f"maas_serve_requests_total{labels} 4.0" in metrics
         assert f"maas_serve_requests_in_flight{labels} 0.0" in metrics
         # The last batch held 6 samples (1+2+3) or 5, of maxBatchSize 6.
-        assert any(f"maas_serve_batch_fill{labels} {fill!r}" in metrics for fill in (1.0, 5 / 6)), metrics
+        # How requests group into batches depends on their timing (a loaded machine splits them): the fill of
+        # the last batch is a fraction of the batch size, never zero or more than full.
+        fill = next(
+            line for line in metrics.splitlines() if line.startswith(f"maas_serve_batch_fill{labels} ")
+        )
+        assert 0.0 < float(fill.rsplit(" ", 1)[1]) <= 1.0, metrics
 
         # A request waiting for its batch (500 ms delay) when SIGTERM arrives is still answered; while it
         # waits, it is the load the autoscaling metric reports.
