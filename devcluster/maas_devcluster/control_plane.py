@@ -32,8 +32,8 @@ from maas_devcluster.components import (
 from maas_devcluster.fake_nodes import create_fake_nodes, list_fake_nodes, node_is_schedulable
 from maas_devcluster.layout import StateLayout
 from maas_devcluster.processes import (
-    command_line,
     is_running,
+    recorded_pids,
     resident_memory_bytes,
     start_detached,
     stop_processes,
@@ -198,22 +198,7 @@ def _read_state(layout: StateLayout) -> ClusterState | None:
 
 def _recorded_pids(layout: StateLayout) -> dict[str, int]:
     """Pids from the pid files whose process still runs this cluster's component (guards pid reuse)."""
-    pids: dict[str, int] = {}
-    for component in COMPONENTS:
-        try:
-            pid = int(layout.pid_file(component).read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
-            continue
-        arguments = command_line(pid)
-        # Every component's command line names a file in the state folder; a reused pid would not.
-        if (
-            is_running(pid)
-            and arguments
-            and Path(arguments[0]).name == component
-            and any(str(layout.root) in argument for argument in arguments[1:])
-        ):
-            pids[component] = pid
-    return pids
+    return recorded_pids(layout.root, layout.pid_file, COMPONENTS)
 
 
 def _remove_state_folder(layout: StateLayout) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # Popen objects of components this Python process started; kept so it can reap them (no zombies while a
@@ -107,3 +108,23 @@ def stop_processes(pids: list[int], timeout_seconds: float = 15.0) -> list[int]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=1.0)
     return killed
+
+
+def recorded_pids(root: Path, pid_file: Callable[[str], Path], components: Iterable[str]) -> dict[str, int]:
+    """Pids from the components' pid files whose process still runs that component from the state folder
+    `root`: every component's command line names a file there, so a reused pid does not count."""
+    pids: dict[str, int] = {}
+    for component in components:
+        try:
+            pid = int(pid_file(component).read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            continue
+        arguments = command_line(pid)
+        if (
+            is_running(pid)
+            and arguments
+            and Path(arguments[0]).name == component
+            and any(str(root) in argument for argument in arguments[1:])
+        ):
+            pids[component] = pid
+    return pids

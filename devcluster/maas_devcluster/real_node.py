@@ -57,7 +57,7 @@ from maas_devcluster.node_images import (
     runtime_image,
     worker_pod_patch,
 )
-from maas_devcluster.processes import command_line, is_running, start_detached, stop_processes
+from maas_devcluster.processes import command_line, is_running, recorded_pids, start_detached, stop_processes
 
 NODE_COMPONENTS = ("containerd", "coredns", "kubelet")
 CRI_NAMESPACE = "k8s.io"
@@ -241,21 +241,7 @@ def read_real_node(layout: StateLayout) -> RealNode | None:
 
 def recorded_node_pids(layout: StateLayout) -> dict[str, int]:
     """Pids of the node's daemons that still run the component we started from this state folder."""
-    pids: dict[str, int] = {}
-    for component in NODE_COMPONENTS:
-        try:
-            pid = int(layout.pid_file(component).read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
-            continue
-        arguments = command_line(pid)
-        if (
-            is_running(pid)
-            and arguments
-            and Path(arguments[0]).name == component
-            and any(str(layout.root) in argument for argument in arguments[1:])
-        ):
-            pids[component] = pid
-    return pids
+    return recorded_pids(layout.root, layout.pid_file, NODE_COMPONENTS)
 
 
 def _say(message: str) -> None:
