@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import yaml
+
 from maas_devcluster.control_plane import default_state_dir, down, format_status, status, up
 from maas_devcluster.layout import StateLayout
 from maas_devcluster.real_node import read_real_node
@@ -45,6 +47,11 @@ def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
         "operator-env",
         help="print `export` lines of the operator settings that run workers on the real node (none without one)",
     )
+    commands.add_parser(
+        "chart-values",
+        help="print Helm values (YAML) that run the chart's operator as a pod on the real node: "
+        "`helm install maas charts/maas-operator -f <(maas dev-cluster chart-values)`",
+    )
     commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
     return parser
 
@@ -68,10 +75,17 @@ def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> in
             stopped = down(arguments.state_dir)
             print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
             return 0
-        if arguments.command == "operator-env":
+        if arguments.command in ("operator-env", "chart-values"):
             node = read_real_node(StateLayout((arguments.state_dir or default_state_dir()).resolve()))
-            for name, value in (node.operator_environment() if node else {}).items():
-                print(f"export {name}={shlex.quote(value)}")
+            if arguments.command == "operator-env":
+                for name, value in (node.operator_environment() if node else {}).items():
+                    print(f"export {name}={shlex.quote(value)}")
+                return 0
+            if node is None:
+                raise RuntimeError(
+                    "no real node runs from this state folder: start one with `up --real-node`"
+                )
+            print(yaml.safe_dump(node.chart_values(), sort_keys=False), end="")
             return 0
         report = status(arguments.state_dir)
         print(format_status(report))

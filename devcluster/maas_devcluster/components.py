@@ -49,11 +49,12 @@ def apiserver_command(
     layout: StateLayout,
     ports: dict[str, int],
     certificates: cluster_pki.ClusterPki,
+    bind_address: str = "127.0.0.1",
 ) -> list[str]:
     return [
         str(binaries["kube-apiserver"]),
         f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-        "--bind-address=127.0.0.1",
+        f"--bind-address={bind_address}",
         "--advertise-address=127.0.0.1",
         f"--secure-port={ports['kube-apiserver']}",
         f"--cert-dir={layout.pki}",

@@ -31,6 +31,7 @@ from maas_devcluster.components import (
 )
 from maas_devcluster.fake_nodes import create_fake_nodes, list_fake_nodes, node_is_schedulable
 from maas_devcluster.layout import StateLayout
+from maas_devcluster.node_config import gateway_address
 from maas_devcluster.processes import (
     is_running,
     recorded_pids,
@@ -82,6 +83,9 @@ class ClusterState:
     startup_seconds: float
     # Seconds from the start of `up` to each milestone (pki, etcd, kube-apiserver, nodes-created, ...).
     milestones: dict[str, float] = field(default_factory=dict)
+    pods_reach_api_server: bool = False
+    """The API server listens on every interface (started for a real node), so pods reach it at the pod
+    network's gateway; otherwise it listens on loopback only."""
 
 
 @dataclass
@@ -293,7 +297,11 @@ def wait_for_nodes(
 
 
 def _start_cluster(
-    layout: StateLayout, cluster: ClusterDescription, binaries: ControlPlaneBinaries, timeout_seconds: float
+    layout: StateLayout,
+    cluster: ClusterDescription,
+    binaries: ControlPlaneBinaries,
+    timeout_seconds: float,
+    pods_reach_api_server: bool = False,
 ) -> DevCluster:
     started = time.monotonic()
     deadline = started + timeout_seconds
@@ -317,7 +325,9 @@ def _start_cluster(
     }
     server = f"https://127.0.0.1:{ports['kube-apiserver']}"
     _say(f"issuing certificates in {layout.pki}")
-    certificates = cluster_pki.create_pki(layout.pki)
+    # Pods on the real node reach the API server at the bridge's address (no kube-proxy for the `kubernetes`
+    # Service); it is in the certificate either way, the listening address decides whether it is reachable.
+    certificates = cluster_pki.create_pki(layout.pki, (f"IP:{gateway_address()}",))
     cluster_pki.write_kubeconfig(layout.kubeconfig, server, certificates, cluster_pki.ADMIN, cluster.name)
     for identity in (cluster_pki.CONTROLLER_MANAGER, cluster_pki.SCHEDULER, cluster_pki.KWOK):
         cluster_pki.write_kubeconfig(
@@ -342,7 +352,12 @@ def _start_cluster(
 
         _say(f"starting kube-apiserver on {server}")
         _start_component(
-            layout, "kube-apiserver", apiserver_command(binaries, layout, ports, certificates), pids
+            layout,
+            "kube-apiserver",
+            apiserver_command(
+                binaries, layout, ports, certificates, "0.0.0.0" if pods_reach_api_server else "127.0.0.1"
+            ),
+            pids,
         )
         client = admin_client_for(layout, server)
         _wait_for("kube-apiserver /readyz", client.is_ready, deadline, pids, layout, 0.3)
@@ -389,6 +404,7 @@ def _start_cluster(
         started_at=time.time(),
         startup_seconds=round(time.monotonic() - started, 2),
         milestones=milestones,
+        pods_reach_api_server=pods_reach_api_server,
     )
     layout.state_file.write_text(json.dumps(asdict(state), indent=2) + "\n")
     _say(f"ready in {state.startup_seconds:.1f} s; component logs in {layout.logs}")
@@ -442,15 +458,28 @@ def up(
             if leftovers:
                 _say(f"stopping the remains of an unhealthy cluster: {sorted(leftovers)}")
                 stop_components(leftovers)
-            running = _start_cluster(layout, cluster, binaries or find_binaries(), timeout_seconds)
+            running = _start_cluster(
+                layout, cluster, binaries or find_binaries(), timeout_seconds, pods_reach_api_server=real_node
+            )
         if real_node:
             client = running.admin_client()
             if running_real_node(layout, client) is not None:
                 _say("reusing the real node already running")
             else:
                 stop_real_node(layout, client)
+                if not running.state.pods_reach_api_server:
+                    _say(
+                        "this control plane was started without --real-node: its API server listens on "
+                        "127.0.0.1 only, so pods cannot reach it (workers run; an operator in a pod cannot). "
+                        "`down`, then `up --real-node` for both"
+                    )
+                api_port = (
+                    running.state.ports["kube-apiserver"] if running.state.pods_reach_api_server else None
+                )
                 try:
-                    start_real_node(layout, running.server, client, running.state.name, timeout_seconds)
+                    start_real_node(
+                        layout, running.server, client, running.state.name, timeout_seconds, api_port=api_port
+                    )
                 except BaseException:
                     # A failed `up` leaves nothing running that it started (a reused cluster stays).
                     if not running.reused:

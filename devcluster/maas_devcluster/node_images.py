@@ -29,8 +29,10 @@ IMAGE_VENV = "/opt/maas/venv"
 """Where the host's virtual environment is mounted in a runtime pod (a venv runs from any path with
 `python -m`: its interpreter link is absolute and pyvenv.cfg sits beside bin/)."""
 IMAGE_SOURCES = "/opt/maas/src"
-SOURCE_PACKAGES = (("api", "maas_api"), ("runtime", "maas_runtime"))
+RUNTIME_PACKAGES = (("api", "maas_api"), ("runtime", "maas_runtime"))
 """(folder, package) copied into the runtime image: all a worker imports (the runtime never imports kopf)."""
+OPERATOR_PACKAGES = (("api", "maas_api"), ("operator", "maas_operator"))
+"""(folder, package) copied into the operator image (the operator never imports torch)."""
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -149,9 +151,9 @@ def pause_image(pause_binary: Path) -> Image:
     return oci_archive("maas-pause", layer, {"Entrypoint": ["/pause"], "User": "65535:65535"})
 
 
-def _source_entries(repository: Path) -> list[Entry]:
+def _source_entries(repository: Path, packages: tuple[tuple[str, str], ...]) -> list[Entry]:
     entries = [Entry("opt"), Entry("opt/maas"), Entry(IMAGE_SOURCES)]
-    for folder, package in SOURCE_PACKAGES:
+    for folder, package in packages:
         root = repository / folder / package
         for path in sorted(root.rglob("*")):
             if "__pycache__" in path.parts or path.suffix == ".pyc":
@@ -163,8 +165,26 @@ def _source_entries(repository: Path) -> list[Entry]:
 
 
 def runtime_image(repository: Path, ld_cache: Path = Path("/etc/ld.so.cache")) -> Image:
-    """The runtime image for local runs: our packages and a skeleton that the host's /usr, Python and venv
-    are mounted into (see `worker_pod_patch`)."""
+    """The runtime image for local runs: maas_api and maas_runtime, and a skeleton that the host's /usr,
+    Python and venv are mounted into (see `worker_pod_patch`). The operator gives workers their command."""
+    return _host_python_image("maas-runtime", repository, RUNTIME_PACKAGES, ld_cache)
+
+
+def operator_image(repository: Path, ld_cache: Path = Path("/etc/ld.so.cache")) -> Image:
+    """The operator image for local runs (the Dockerfile's `operator` target's entry point): maas_api and
+    maas_operator on the same skeleton; its pod mounts the host's Python like a worker (`host_python_mounts`)."""
+    return _host_python_image(
+        "maas-operator", repository, OPERATOR_PACKAGES, ld_cache, entrypoint=["python", "-m", "maas_operator"]
+    )
+
+
+def _host_python_image(
+    name: str,
+    repository: Path,
+    packages: tuple[tuple[str, str], ...],
+    ld_cache: Path,
+    entrypoint: list[str] | None = None,
+) -> Image:
     entries = [
         # The merged-/usr layout: /bin, /lib, /lib64 and /sbin point into the mounted /usr.
         *(Entry(name, link_target=f"usr/{name}") for name in ("bin", "lib", "lib64", "sbin")),
@@ -182,9 +202,9 @@ def runtime_image(repository: Path, ld_cache: Path = Path("/etc/ld.so.cache")) -
         Entry("proc"),
         Entry("sys"),
         Entry(IMAGE_VENV),
-        *_source_entries(repository),
+        *_source_entries(repository, packages),
     ]
-    config = {
+    config: dict[str, Any] = {
         "Env": [
             f"PATH={IMAGE_VENV}/bin:/usr/local/bin:/usr/bin:/bin",
             f"PYTHONPATH={IMAGE_SOURCES}",
@@ -194,7 +214,9 @@ def runtime_image(repository: Path, ld_cache: Path = Path("/etc/ld.so.cache")) -
         "WorkingDir": "/tmp",
         "User": f"{RUN_AS_USER}:{RUN_AS_USER}",
     }
-    return oci_archive("maas-runtime", layer_tar(entries), config)
+    if entrypoint is not None:
+        config["Entrypoint"] = entrypoint
+    return oci_archive(name, layer_tar(entries), config)
 
 
 @dataclass(frozen=True)
@@ -210,32 +232,37 @@ class PythonInstallation:
         return cls(Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve())
 
 
-def worker_pod_patch(python: PythonInstallation) -> dict[str, Any]:
-    """The operator's worker pod patch (MAAS_WORKER_POD_PATCH) for runtime-image pods on the real node.
-
-    Read-only hostPath mounts: /usr (the C library and the system's shared libraries), the Python
-    installation at its own path (the venv's interpreter link and pyvenv.cfg name it) unless /usr holds it,
-    and the venv at IMAGE_VENV. Inside the container the mount points' parents are created world-readable,
-    so the non-root worker reads them even when the host folder above (/root, mode 700) is private. Plus the
-    pod network's interface for gloo, one OpenMP thread per worker, and the toleration of the real node's taint.
-    """
+def host_python_mounts(python: PythonInstallation) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) that give a pod of our local images the host's Python, read-only: /usr (the C
+    library and the system's shared libraries), the Python installation at its own path (the venv's
+    interpreter link and pyvenv.cfg name it) unless /usr holds it, and the venv at IMAGE_VENV."""
     mounts = [("host-usr", Path("/usr"), Path("/usr"))]
     if not python.base_prefix.is_relative_to("/usr"):
         mounts.append(("host-python", python.base_prefix, python.base_prefix))
     mounts.append(("host-venv", python.venv, Path(IMAGE_VENV)))
+    volumes = [
+        {"name": name, "hostPath": {"path": str(host), "type": "Directory"}} for name, host, _ in mounts
+    ]
+    volume_mounts = [{"name": name, "mountPath": str(inside), "readOnly": True} for name, _, inside in mounts]
+    return volumes, volume_mounts
+
+
+def worker_pod_patch(python: PythonInstallation) -> dict[str, Any]:
+    """The operator's worker pod patch (MAAS_WORKER_POD_PATCH) for runtime-image pods on the real node.
+
+    The host's Python, read-only (`host_python_mounts`). Inside the container the mount points' parents are
+    created world-readable,
+    so the non-root worker reads them even when the host folder above (/root, mode 700) is private. Plus the
+    pod network's interface for gloo, one OpenMP thread per worker, and the toleration of the real node's taint.
+    """
+    volumes, volume_mounts = host_python_mounts(python)
     return {
         "spec": {
-            "volumes": [
-                {"name": name, "hostPath": {"path": str(host), "type": "Directory"}}
-                for name, host, _ in mounts
-            ],
+            "volumes": volumes,
             "containers": [
                 {
                     "name": WORKER_CONTAINER,
-                    "volumeMounts": [
-                        {"name": name, "mountPath": str(inside), "readOnly": True}
-                        for name, _, inside in mounts
-                    ],
+                    "volumeMounts": volume_mounts,
                     "env": [
                         {"name": "GLOO_SOCKET_IFNAME", "value": POD_INTERFACE},
                         # Every worker of a job shares this machine's few cores, as torchrun's processes

@@ -112,8 +112,11 @@ def _sign(pki: ClusterPki, key: Path, cert: Path, subject: str, extensions: list
         )  # fmt: skip
 
 
-def create_pki(folder: Path) -> ClusterPki:
-    """A fresh CA, the API server's serving certificate, service-account keys and one client cert each."""
+def create_pki(folder: Path, extra_api_server_names: tuple[str, ...] = ()) -> ClusterPki:
+    """A fresh CA, the API server's serving certificate, service-account keys and one client cert each.
+
+    `extra_api_server_names`: more subjectAltName entries for the API server (the real node's pods reach it
+    at the pod network's gateway address)."""
     folder.mkdir(parents=True, exist_ok=True)
     pki = ClusterPki(folder)
     _new_ec_key(pki.ca_key)
@@ -127,7 +130,7 @@ def create_pki(folder: Path) -> ClusterPki:
     _sign(
         pki, pki.serving_key, pki.serving_cert, _subject("kube-apiserver"),
         ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
-         "extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(API_SERVER_NAMES)],
+         "extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(API_SERVER_NAMES + extra_api_server_names)],
     )  # fmt: skip
     for identity in CLIENT_IDENTITIES:
         issue_client_cert(pki, identity)

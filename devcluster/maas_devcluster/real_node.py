@@ -53,6 +53,7 @@ from maas_devcluster.node_config import (
 from maas_devcluster.node_images import (
     Image,
     PythonInstallation,
+    operator_image,
     pause_image,
     runtime_image,
     worker_pod_patch,
@@ -211,13 +212,16 @@ class RealNode:
     label: str
     pids: dict[str, int]
     images: dict[str, str]
-    """pause and runtime -> the image reference to put in a pod (imagePullPolicy: Never)."""
+    """pause, runtime and operator -> the image reference to put in a pod (imagePullPolicy: Never)."""
     worker_pod_patch: dict[str, Any]
     """The operator's MAAS_WORKER_POD_PATCH for runtime-image workers on this node."""
     gateway: str
     kubelet_port: int
     startup_seconds: float
     milestones: dict[str, float] = field(default_factory=dict)
+    api_port: int | None = None
+    """The API server's port, reached by pods at `gateway`; None when it listens on loopback only (a control
+    plane started without the real node)."""
 
     def operator_environment(self) -> dict[str, str]:
         """What an operator needs to run workers here: the runtime image, never pulled, and the patch."""
@@ -225,6 +229,37 @@ class RealNode:
             "MAAS_RUNTIME_IMAGE": self.images["runtime"],
             "MAAS_IMAGE_PULL_POLICY": "Never",
             "MAAS_WORKER_POD_PATCH": json.dumps(self.worker_pod_patch),
+        }
+
+    def chart_values(self) -> dict[str, Any]:
+        """Values for charts/maas-operator that run the operator itself as a pod on this node: the local
+        operator image with the host's Python mounted as in the workers' patch, and the API server reached at
+        the gateway (no kube-proxy serves the `kubernetes` Service's ClusterIP here)."""
+        if self.api_port is None:
+            raise RuntimeError(
+                "pods on this real node cannot reach the API server (the control plane was started without "
+                "--real-node and listens on 127.0.0.1 only): run `down`, then `up --real-node`"
+            )
+        spec = self.worker_pod_patch["spec"]
+        (worker,) = spec["containers"]
+
+        def image(name: str) -> dict[str, str]:
+            repository, tag = self.images[name].rsplit(":", 1)
+            return {"repository": repository, "tag": tag, "pullPolicy": "Never"}
+
+        return {
+            "image": image("operator"),
+            "runtime": {"image": image("runtime")},
+            "workerPodPatch": self.worker_pod_patch,
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "tolerations": spec["tolerations"],
+            "extraVolumes": spec["volumes"],
+            "extraVolumeMounts": worker["volumeMounts"],
+            # In-cluster configuration reads these two; set explicitly, they win over the kubelet's.
+            "extraEnv": [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": self.gateway},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": str(self.api_port)},
+            ],
         }
 
 
@@ -306,8 +341,10 @@ def start_real_node(
     cluster_name: str,
     timeout_seconds: float = 180.0,
     binaries: ControlPlaneBinaries | None = None,
+    api_port: int | None = None,
 ) -> RealNode:
-    """Starts the node on a running control plane; on failure everything started is undone."""
+    """Starts the node on a running control plane; on failure everything started is undone. `api_port`: the
+    API server's port when pods can reach it at the gateway (it listens on every interface)."""
     node = node_layout(layout)
     check_host(node)
     started = time.monotonic()
@@ -347,7 +384,11 @@ def start_real_node(
             (node.cni_bin / plugin).symlink_to(binaries[binary])
         (node.cni_conf / "10-maas.conflist").write_text(json.dumps(cni_config(node), indent=2) + "\n")
 
-        images = {"pause": pause_image(binaries["pause"]), "runtime": runtime_image(repository_root())}
+        images = {
+            "pause": pause_image(binaries["pause"]),
+            "runtime": runtime_image(repository_root()),
+            "operator": operator_image(repository_root()),
+        }
         node.containerd_config.parent.mkdir(parents=True, exist_ok=True)
         node.containerd_config.write_text(
             containerd_config(node, binaries["runc"].parent, images["pause"].reference)
@@ -397,6 +438,7 @@ def start_real_node(
         kubelet_port=kubelet_port,
         startup_seconds=round(time.monotonic() - started, 2),
         milestones=milestones,
+        api_port=api_port,
     )
     node.node_state.write_text(json.dumps(asdict(real_node), indent=2) + "\n")
     _say(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from maas_devcluster.node_config import NODE_NAME, REAL_NODE_LABEL
+from maas_devcluster.node_images import PythonInstallation, worker_pod_patch
+from maas_devcluster.real_node import RealNode
 from maas_operator.settings import OperatorSettings
 
 from tests.chart.support import (
@@ -52,6 +57,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tolerations": [{"operator": "Exists"}],
         "podAnnotations": {"example.com/team": "ml"},
         "metrics.service.enabled": False,
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "extraVolumes": [{"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
     },
 }
 
@@ -126,6 +134,11 @@ def test_values_become_the_operators_settings() -> None:
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert not of_kind(objects, "Service")
+    # The extras come after the chart's own entries, which they do not replace.
+    (container,) = pod["containers"]
+    assert container["env"][-1] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+    assert [volume["name"] for volume in pod["volumes"]] == ["tmp", "ca-bundle"]
+    assert [mount["mountPath"] for mount in container["volumeMounts"]] == ["/tmp", "/etc/ssl/corporate"]
 
 
 def test_default_images_follow_the_charts_app_version() -> None:
@@ -226,10 +239,47 @@ def test_the_service_monitor_scrapes_the_metrics_service() -> None:
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"logFormat": "xml"}, "/logFormat"),
         ({"reconcileWorkers": 0}, "/reconcileWorkers"),
+        ({"extraVolumeMounts": [{"name": "ca", "mountPath": "etc/ca"}]}, "/extraVolumeMounts/0/mountPath"),
+        ({"extraEnv": [{"value": "x"}]}, "/extraEnv/0"),
     ],
 )
 def test_the_schema_rejects_unknown_keys_and_bad_values(values: dict[str, Any], complaint: str) -> None:
     assert complaint in render_error(values)
+
+
+def test_the_real_nodes_values_run_the_operator_pod_there_with_the_host_python() -> None:
+    patch = worker_pod_patch(PythonInstallation(Path("/root/.cache/venv/x"), Path("/usr")))
+    node = RealNode(
+        name=NODE_NAME,
+        label=f"{REAL_NODE_LABEL}=true",
+        pids={},
+        images={"runtime": "maas-runtime:0123", "operator": "maas-operator:4567"},
+        worker_pod_patch=patch,
+        gateway="10.244.0.1",
+        kubelet_port=10250,
+        startup_seconds=1.0,
+        api_port=6443,
+    )
+    objects = render(node.chart_values())
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert (container["image"], container["imagePullPolicy"]) == ("maas-operator:4567", "Never")
+    assert pod["nodeSelector"] == {REAL_NODE_LABEL: "true"}
+    assert pod["tolerations"] == patch["spec"]["tolerations"]
+    # The operator container mounts the host's Python exactly as the workers do.
+    assert pod["volumes"][1:] == patch["spec"]["volumes"]
+    assert container["volumeMounts"][1:] == patch["spec"]["containers"][0]["volumeMounts"]
+    environment = container_env(objects)
+    assert (environment["KUBERNETES_SERVICE_HOST"], environment["KUBERNETES_SERVICE_PORT"]) == (
+        "10.244.0.1",
+        "6443",
+    )
+    settings = OperatorSettings.from_environment(environment)
+    assert (settings.runtime_image, settings.image_pull_policy) == ("maas-runtime:0123", "Never")
+    assert settings.worker_pod_patch == patch
+    # Without a reachable API server the values are refused, with the remedy.
+    with pytest.raises(RuntimeError, match="up --real-node"):
+        replace(node, api_port=None).chart_values()
 
 
 def test_the_charts_crd_is_the_generated_one() -> None:

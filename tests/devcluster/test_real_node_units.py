@@ -31,6 +31,7 @@ from maas_devcluster.node_images import (
     PythonInstallation,
     layer_tar,
     oci_archive,
+    operator_image,
     runtime_image,
     worker_pod_patch,
 )
@@ -235,21 +236,41 @@ def test_an_image_archive_is_an_oci_layout_containerd_can_name() -> None:
     assert oci_archive("maas-pause", layer, {"Entrypoint": ["/pause"]}) == image  # same content, same bytes
 
 
-def test_the_runtime_image_holds_our_packages_and_a_skeleton_for_the_host_mounts(tmp_path: Path) -> None:
-    ld_cache = tmp_path / "ld.so.cache"
-    ld_cache.write_bytes(b"cache")
-    files = read_archive(runtime_image(REPO, ld_cache).archive)
+def image_contents(archive: bytes) -> tuple[dict[str, tarfile.TarInfo], dict[str, Any]]:
+    """The single layer's members and the container config of an image archive."""
+    files = read_archive(archive)
     [descriptor] = json.loads(files["index.json"])["manifests"]
     manifest = json.loads(files[f"blobs/sha256/{descriptor['digest'][7:]}"])
     layer = files[f"blobs/sha256/{manifest['layers'][0]['digest'][7:]}"]
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
         members = {m.name: m for m in tar.getmembers()}
+    config: dict[str, Any] = json.loads(files[f"blobs/sha256/{manifest['config']['digest'][7:]}"])["config"]
+    return members, config
+
+
+def test_the_runtime_image_holds_our_packages_and_a_skeleton_for_the_host_mounts(tmp_path: Path) -> None:
+    ld_cache = tmp_path / "ld.so.cache"
+    ld_cache.write_bytes(b"cache")
+    members, config = image_contents(runtime_image(REPO, ld_cache).archive)
     assert members["bin"].issym() and members["bin"].linkname == "usr/bin"
     assert members["tmp"].mode == 0o1777 and members["etc/ld.so.cache"].isfile()
     assert "opt/maas/src/maas_runtime/agent.py" in members and "opt/maas/src/maas_api/contract.py" in members
     assert not any("maas_operator" in name or "__pycache__" in name for name in members)
-    config = json.loads(files[f"blobs/sha256/{manifest['config']['digest'][7:]}"])["config"]
     assert f"PATH={IMAGE_VENV}/bin:/usr/local/bin:/usr/bin:/bin" in config["Env"]
+    # The operator gives workers their command.
+    assert "Entrypoint" not in config
+
+
+def test_the_operator_image_holds_the_operator_without_the_runtime_and_starts_it(tmp_path: Path) -> None:
+    ld_cache = tmp_path / "ld.so.cache"
+    ld_cache.write_bytes(b"cache")
+    image = operator_image(REPO, ld_cache)
+    members, config = image_contents(image.archive)
+    assert "opt/maas/src/maas_operator/__main__.py" in members and "opt/maas/src/maas_api/spec.py" in members
+    assert not any("maas_runtime" in name for name in members)
+    # The Dockerfile's operator target starts the same module.
+    assert config["Entrypoint"] == ["python", "-m", "maas_operator"]
+    assert image.short_reference.startswith("maas-operator:")
 
 
 def test_the_worker_pod_patch_mounts_the_host_python_into_the_operators_worker_pod() -> None:

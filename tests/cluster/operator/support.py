@@ -230,3 +230,36 @@ def wait_nodes_ready(cluster: LocalCluster, names: list[str], timeout: float = 3
 
 def seconds_since(start: float) -> float:
     return time.monotonic() - start
+
+
+def bound_claim(namespace: str, claim: str, host_path: str | None = None) -> list[dict[str, Any]]:
+    """A PersistentVolume pre-bound to a claim, and the claim: the scheduler refuses pods whose claims are
+    unbound. kwok mounts nothing, so any folder will do there; the real node mounts `host_path`."""
+    volume_name = f"{namespace}-{claim}"
+    access = ["ReadWriteMany"]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": access,
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "",
+                "hostPath": {"path": host_path or f"/tmp/{volume_name}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": access,
+                "storageClassName": "",
+                "volumeName": volume_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]

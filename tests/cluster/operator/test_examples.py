@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from maas_devcluster.testing import LocalCluster, wait_until
 
-from tests.cluster.operator.support import EXAMPLES, Jobs, load_example
+from tests.cluster.operator.support import EXAMPLES, Jobs, bound_claim, load_example
 
 pytestmark = pytest.mark.cluster
 
@@ -30,39 +30,6 @@ def claims_of(spec: dict[str, Any]) -> list[str]:
     claims = [((spec.get("data") or {}).get("volume") or {}).get("claimName")]
     claims.append((spec.get("checkpoint") or {}).get("claimName"))
     return [claim for claim in claims if claim]
-
-
-def bound_claim(namespace: str, claim: str) -> list[dict[str, Any]]:
-    """A PersistentVolume pre-bound to a claim, and the claim: the scheduler refuses pods whose claims are
-    unbound, and kwok mounts nothing, so any volume source will do."""
-    volume_name = f"{namespace}-{claim}"
-    access = ["ReadWriteMany"]
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": access,
-                "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": "",
-                "hostPath": {"path": f"/tmp/{volume_name}"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": access,
-                "storageClassName": "",
-                "volumeName": volume_name,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    ]
 
 
 @pytest.fixture

@@ -11,7 +11,22 @@ from maas_devcluster.real_node import RealNode
 from maas_devcluster.testing import LocalCluster, wait_until
 from maas_operator.pod_patch import merge_pod_patch
 
+from tests.cluster.operator.support import load_example
+
 ON_REAL_NODE = {REAL_NODE_LABEL: "true"}
+
+
+def reference_train_job(name: str, steps: int, stages: int = 3, replicas: int = 2) -> dict[str, Any]:
+    """examples/large-model-train.yaml without GPUs, on the real node, `steps` steps (and another shape)."""
+    job = load_example("large-model-train.yaml")
+    job["metadata"]["name"] = name
+    spec = job["spec"]
+    spec["resources"]["gpus"] = 0
+    spec["training"]["steps"] = steps
+    spec["split"]["stages"] = stages
+    spec["parallelism"]["replicas"] = replicas
+    spec.setdefault("placement", {})["nodeSelector"] = ON_REAL_NODE
+    return job
 
 
 def runtime_pod(node: RealNode, name: str, command: list[str], **spec: Any) -> dict[str, Any]:
@@ -77,3 +92,13 @@ def wait_phase(
         return current if reached == phase else None
 
     return wait_until(f"pod {namespace}/{name} {phase}", probe, timeout=timeout, interval=0.5)
+
+
+def step_events(logs: str) -> list[dict[str, Any]]:
+    """The runtime's JSON event lines (rank 0 logs every step's loss, averaged over the replicas)."""
+    events = []
+    for line in logs.splitlines():
+        start = line.find('{"event"')
+        if start >= 0:
+            events.append(json.loads(line[start:]))
+    return events

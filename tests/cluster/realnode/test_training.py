@@ -12,8 +12,8 @@ from maas_api.plan import Plan
 from maas_devcluster.node_config import NODE_NAME
 from maas_operator import names
 
-from tests.cluster.operator.support import Jobs, load_example
-from tests.cluster.realnode.support import ON_REAL_NODE
+from tests.cluster.operator.support import Jobs
+from tests.cluster.realnode.support import reference_train_job, step_events
 from tests.runtime.reference import reference_training
 from tests.runtime.support import TOLERANCE
 
@@ -22,33 +22,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.distributed, pytest.mark.timeout(
 STEPS = 30
 
 
-def reference_train_job(name: str) -> dict[str, Any]:
-    """examples/large-model-train.yaml, without GPUs, on the real node, shortened to STEPS steps."""
-    job = load_example("large-model-train.yaml")
-    job["metadata"]["name"] = name
-    spec = job["spec"]
-    spec["resources"]["gpus"] = 0
-    spec["training"]["steps"] = STEPS
-    spec.setdefault("placement", {})["nodeSelector"] = ON_REAL_NODE
-    return job
-
-
-def step_events(logs: str) -> list[dict[str, Any]]:
-    """The runtime's JSON event lines (rank 0 logs every step's loss, averaged over the replicas)."""
-    events = []
-    for line in logs.splitlines():
-        start = line.find('{"event"')
-        if start >= 0:
-            events.append(json.loads(line[start:]))
-    return events
-
-
 def test_the_reference_train_job_succeeds_on_the_real_node_with_the_single_process_loss(
     real_jobs: Jobs,
 ) -> None:
     name = "large-model"
     applied = time.monotonic()
-    real_jobs.apply(reference_train_job(name))
+    real_jobs.apply(reference_train_job(name, STEPS))
     # Each change of (phase, Ready), as `kubectl get mj -w` would show it.
     seen: list[tuple[str, str]] = []
     status: dict[str, Any] = {}
