@@ -214,6 +214,18 @@ def build_crd() -> Schema:
             "description": "Ready workers.",
         },
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase."},
+        {
+            "name": "Step",
+            "type": "integer",
+            "jsonPath": ".status.progress.step",
+            "description": "Training step the workers last reported (Train).",
+        },
+        {
+            "name": "Loss",
+            "type": "number",
+            "jsonPath": ".status.progress.loss",
+            "description": "Loss at that step, averaged over the replicas (Train).",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {
             "name": "Restarts",

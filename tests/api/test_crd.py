@@ -65,7 +65,7 @@ def test_scale_subresource_is_bound_to_data_parallel_replicas() -> None:
     assert scale["statusReplicasPath"] == ".status.replicas"
     assert "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:6] == ["Mode", "Stages", "Replicas", "Ready", "Status", "Age"]
+    assert columns[:8] == ["Mode", "Stages", "Replicas", "Ready", "Status", "Step", "Loss", "Age"]
     assert build_crd()["spec"]["names"]["shortNames"] == ["mj"]
 
 
