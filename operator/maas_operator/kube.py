@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,7 +27,8 @@ from maas_operator.reconcile import Event
 
 log = logging.getLogger(__name__)
 
-APPLY = "application/apply-patch+yaml"
+# With a charset the client leaves our own serialisation alone (`apply_body`); the API server drops the charset.
+APPLY = "application/apply-patch+yaml; charset=utf-8"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 # Collections by kind: (path prefix, plural). Namespaced kinds only, except Node.
 _PATHS = {
@@ -36,6 +38,25 @@ _PATHS = {
     "Event": ("/api/v1", "events"),
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
+
+
+# Characters a YAML parser must not meet raw inside a string: C1 controls (and DEL), the line separators YAML
+# folds to a space (NEL, U+2028, U+2029), the byte-order mark and the non-characters; escaped as \uXXXX.
+_YAML_ESCAPED = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def apply_body(manifest: Mapping[str, Any]) -> bytes:
+    """A server-side apply body: JSON that the API server's YAML parser reads back unchanged.
+
+    JSON's own escaping of characters beyond U+FFFF is a surrogate pair (`\\ud83c\\udfd6`), which YAML refuses
+    ("invalid Unicode character escape code"): a worker's termination message with an emoji once made every
+    status write of its job fail. Those characters are written raw in UTF-8 instead, and the few that YAML
+    cannot take raw are escaped; a lone surrogate (not a character at all) becomes U+FFFD.
+    """
+    text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"))
+    text = _LONE_SURROGATE.sub("\N{REPLACEMENT CHARACTER}", text)
+    return _YAML_ESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode()
 
 
 def is_status(error: BaseException, *codes: int) -> bool:
@@ -100,7 +121,9 @@ class Kube:
         metadata = manifest["metadata"]
         path = self._path(manifest["kind"], metadata["namespace"], metadata["name"])
         query = [("fieldManager", names.FIELD_MANAGER), ("force", "true")]
-        result: dict[str, Any] = await self._call("PATCH", path, manifest, query, APPLY, manifest["kind"])
+        result: dict[str, Any] = await self._call(
+            "PATCH", path, apply_body(manifest), query, APPLY, manifest["kind"]
+        )
         return result
 
     async def apply_status(self, job: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,7 +136,9 @@ class Kube:
         }
         path = self._path(KIND, job.namespace, job.name) + "/status"
         query = [("fieldManager", names.FIELD_MANAGER), ("force", "true")]
-        result: dict[str, Any] = await self._call("PATCH", path, body, query, APPLY, KIND + "/status")
+        result: dict[str, Any] = await self._call(
+            "PATCH", path, apply_body(body), query, APPLY, KIND + "/status"
+        )
         return result
 
     async def set_pod_condition(
