@@ -23,7 +23,7 @@ from maas_runtime.agent import main as agent_main
 from maas_runtime.agent import pod_exit_code
 from maas_runtime.errors import PermanentError, RetryableError, classify, communication, user_code
 from maas_runtime.http_server import HttpServer, Response
-from maas_runtime.launch import local_plan, write_plan
+from maas_runtime.launch import local_plan, omp_threads, write_plan
 from maas_runtime.model import InputSpec, build_meta_model, materialize, run_model
 from maas_runtime.parallel_dims import ParallelDims, TorchrunEnv, check_members, check_world
 from maas_runtime.plan_file import load_plan
@@ -443,3 +443,9 @@ def test_the_termination_message_is_appended_up_to_the_kubelets_limit(
     record_termination_message("never written: the kubelet would not keep it")
     assert TERMINATION_MESSAGE_LIMIT <= len(path.read_text()) < 2 * TERMINATION_MESSAGE_LIMIT
     assert "never written" not in path.read_text()
+
+
+def test_local_workers_share_the_machines_cores_for_openmp() -> None:
+    assert omp_threads(6, 2) == 1  # never zero, even with more workers than cores
+    assert omp_threads(4, 32) == 8
+    assert omp_threads(1, None) == 1
