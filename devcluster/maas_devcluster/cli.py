@@ -12,7 +12,7 @@ import yaml
 
 from maas_devcluster.control_plane import default_state_dir, down, format_status, status, up
 from maas_devcluster.layout import StateLayout
-from maas_devcluster.real_node import read_real_node
+from maas_devcluster.real_node import check_host, node_layout, read_real_node, recorded_node_pids
 from maas_devcluster.topology import load_cluster_description
 
 
@@ -52,6 +52,11 @@ def build_parser(program: str = "maas dev-cluster") -> argparse.ArgumentParser:
         help="print Helm values (YAML) that run the chart's operator as a pod on the real node: "
         "`helm install maas charts/maas-operator -f <(maas dev-cluster chart-values)`",
     )
+    commands.add_parser(
+        "check-real-node",
+        help="exit 0 when `up --real-node` can run on this machine (or its node already runs from this state "
+        "folder), else print what is missing and exit 1",
+    )
     commands.add_parser("status", help="show components, memory and node readiness; exit 1 unless healthy")
     return parser
 
@@ -74,6 +79,12 @@ def main(argv: list[str] | None = None, program: str = "maas dev-cluster") -> in
         if arguments.command == "down":
             stopped = down(arguments.state_dir)
             print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running", file=sys.stderr)
+            return 0
+        if arguments.command == "check-real-node":
+            layout = StateLayout((arguments.state_dir or default_state_dir()).resolve())
+            if not recorded_node_pids(layout):
+                check_host(node_layout(layout))
+            print("the real node can run on this machine")
             return 0
         if arguments.command in ("operator-env", "chart-values"):
             node = read_real_node(StateLayout((arguments.state_dir or default_state_dir()).resolve()))
