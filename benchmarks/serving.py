@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,18 @@ def window(answers: list[Answer], start: float, end: float) -> dict[str, Any]:
     """Requests answered within [start, end]: their rate and latencies; failures started in it."""
     done = [a for a in answers if start <= a.ended <= end]
     good = [a.seconds for a in done if a.ok]
+    failures = Counter(
+        f"HTTP {a.status}" if a.status is not None else a.error
+        for a in answers
+        if start <= a.started <= end and not a.ok
+    )
     return {
         "requests_per_second": len(good) / (end - start),
         "p50_ms": 1000 * statistics.median(good) if good else float("nan"),
         "p99_ms": 1000 * percentile(good, 0.99) if good else float("nan"),
         "answered": len(good),
-        "failed": sum(1 for a in answers if start <= a.started <= end and not a.ok),
+        "failed": sum(failures.values()),
+        "failures": dict(failures),
     }
 
 
@@ -192,7 +199,7 @@ def measure(arguments: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 print(
                     f"rolling update to {stages} stages, {clients:>3} clients: {result['seconds']:.0f} s,"
                     f" {result['requests_per_second']:.1f} req/s, p50 {result['p50_ms']:.1f} ms,"
-                    f" p99 {result['p99_ms']:.1f} ms, {result['failed']} failed",
+                    f" p99 {result['p99_ms']:.1f} ms, {result['failed']} failed {result['failures']}",
                     flush=True,
                 )
         finally:
@@ -201,9 +208,9 @@ def measure(arguments: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             operator.stop()
     finally:
         down(state_dir)
-    for record in records.values():
-        record.assert_clean()
-    return {"runs": runs, "rollouts": rollouts}
+    # Endpoint checks at every slice change (a ready endpoint with a stage down, fewer than the minimum ready).
+    violations = [v for record in records.values() for v in record.violations]
+    return {"runs": runs, "rollouts": rollouts, "endpoint_violations": violations}
 
 
 def summarize(measured: dict[str, Any], clients_list: list[int]) -> dict[str, Any]:
@@ -259,6 +266,10 @@ def format_table(results: dict[str, Any]) -> str:
             f" {rollout['failed']:>7} {rollout['requests_per_second'] / steady:>10.2f}"
             f" {rollout['load_average']:>5.1f}"
         )
+    lines.append(
+        "endpoint violations (a ready endpoint with a stage down, too few ready):"
+        f" {len(results['endpoint_violations'])}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -333,6 +344,7 @@ def main() -> None:
     results["load_average_at_end"] = os.getloadavg()[0]
     results["steady"] = summarize(measured, arguments.clients)
     results["rollouts"] = measured["rollouts"]
+    results["endpoint_violations"] = measured["endpoint_violations"]
     results["raw"] = measured["runs"]
     text = format_table(results)
     print(text)
