@@ -18,6 +18,10 @@ from typing import Any
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_SECONDS = 30.0
 """How long a connection may stay silent while its request is read (a stalled client frees its thread)."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel holds for the accept loop. The stdlib's default of 5 drops the SYNs of a burst of new
+connections (64 clients on a busy machine) and their clients wait for the SYN retransmit: p99 latencies of 1-2 s
+on the real node (benchmarks/serving.py). Linux caps it at net.core.somaxconn."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class _RequestError(Exception):
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that vanished mid-request is the client's problem, not a traceback on stderr."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -393,6 +394,23 @@ def test_http_server_answers_every_malformed_request_with_a_4xx_and_keeps_servin
     assert statuses["NaN"] == statuses["huge integer"] == statuses["deep nesting"] == 400
     assert statuses["body shorter than announced"] == 400 and statuses["chunked"] == 411
     assert latencies and max(latencies) < 5.0, f"valid requests waited up to {max(latencies):.1f} s"
+
+
+def test_http_server_holds_a_burst_of_new_connections_while_its_accept_loop_is_busy() -> None:
+    """64 clients connecting at once while the accept loop is not accepting (here: stopped; on a busy machine:
+    not scheduled) are all held by the kernel, none waits for a SYN retransmit."""
+    server = HttpServer(0, {}, host="127.0.0.1")
+    server._server.shutdown()  # stops accepting; the socket keeps listening
+    connections = []
+    try:
+        started = time.monotonic()
+        for _ in range(64):
+            connections.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+        assert time.monotonic() - started < 5.0
+    finally:
+        for connection in connections:
+            connection.close()
+        server._server.server_close()
 
 
 def test_progress_endpoints() -> None:

@@ -47,6 +47,16 @@ class Sample:
     event: str = ""
 
 
+@dataclass(frozen=True)
+class ReadyEndpoint:
+    """One ready endpoint of the Service: its entry pod (name and uid: names repeat across revisions) and
+    address."""
+
+    pod: str
+    uid: str
+    address: str
+
+
 @dataclass
 class EndpointRecord:
     core_v1: k8s.CoreV1Api
@@ -76,6 +86,9 @@ class EndpointRecord:
         self._stop = threading.Event()
         self._slices: dict[str, Obj] = {}
         self._ready: tuple[str, ...] = ()
+        self._addresses: tuple[ReadyEndpoint, ...] = ()
+        self.pods_by_uid: dict[str, Obj] = {}
+        """Every pod seen, by uid, as last seen (kept after it is deleted)."""
         self._threads = [
             threading.Thread(target=self._watch, args=(self._list_pods, self._on_pod), daemon=True),
             threading.Thread(target=self._watch, args=(self._list_slices, self._on_slice), daemon=True),
@@ -103,6 +116,11 @@ class EndpointRecord:
     def ready(self) -> tuple[str, ...]:
         with self._lock:
             return self._ready
+
+    def ready_endpoints(self) -> tuple[ReadyEndpoint, ...]:
+        """The ready endpoints' pods and addresses, as the slices say now (what a client balances over)."""
+        with self._lock:
+            return self._addresses
 
     def wait_ready(self, entries: list[str], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -156,6 +174,7 @@ class EndpointRecord:
                 self.pods.pop(name, None)
             else:
                 self.pods[name] = pod
+            self.pods_by_uid[pod["metadata"]["uid"]] = pod
             up = not leaving and _true(pod, "ContainersReady")
             if up:
                 self.down_since.pop(name, None)
@@ -176,6 +195,18 @@ class EndpointRecord:
                     for s in self._slices.values()
                     for endpoint in s.get("endpoints") or []
                     if (endpoint.get("conditions") or {}).get("ready") and endpoint.get("targetRef")
+                )
+            )
+            self._addresses = tuple(
+                sorted(
+                    (
+                        ReadyEndpoint(endpoint["targetRef"]["name"], endpoint["targetRef"]["uid"], address)
+                        for s in self._slices.values()
+                        for endpoint in s.get("endpoints") or []
+                        if (endpoint.get("conditions") or {}).get("ready") and endpoint.get("targetRef")
+                        for address in endpoint.get("addresses", [])[:1]
+                    ),
+                    key=lambda e: e.pod,
                 )
             )
             for entry in set(self._ready) - set(ready):
