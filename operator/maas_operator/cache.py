@@ -24,7 +24,7 @@ from maas_operator.children import JobRef
 from maas_operator.planner import Node
 from maas_operator.progress import progress_url
 from maas_operator.reconcile import UNSCHEDULABLE, Observed
-from maas_operator.world import GpuHolder, gpu_holder, planner_node, used_gpus, worker_pod
+from maas_operator.world import GpuHolder, GpuLedger, gpu_holder, planner_node, worker_pod
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class WorldCache:
         self.pods: dict[str, dict[str, dict[str, Any]]] = {}
         """job key -> pod name -> pod."""
         self.holders: dict[str, GpuHolder] = {}
-        """pod key -> GPUs it holds (every pod in the cluster that holds any)."""
+        """pod key -> GPUs it holds (every pod in the cluster that holds any); change it through `_hold`."""
+        self.ledger = GpuLedger()
+        """The holders' GPUs summed per node and per job, so a decision reads them without a walk."""
         self.nodes: dict[str, Node] = {}
         self.plan_configmaps: dict[str, dict[str, Any]] = {}
         """job key -> its plan ConfigMap."""
@@ -133,9 +135,9 @@ class WorldCache:
             return job_key
         holder = None if deleted else gpu_holder(body)
         if holder is not None:
-            self.holders[key] = holder
+            self._hold(key, holder)
         elif _same_pod(uid, self.holders[key].uid if key in self.holders else None):
-            self.holders.pop(key, None)
+            self._hold(key, None)
         if job_key is not None:
             name = key.split("/", 1)[1]
             pods = self.pods.setdefault(job_key, {})
@@ -146,6 +148,15 @@ class WorldCache:
                 # operator's watch starts late) concerns the old pod only.
                 pods.pop(name)
         return job_key
+
+    def _hold(self, key: str, holder: GpuHolder | None) -> None:
+        """The pod `key` holds `holder`'s GPUs now (None: none), in `holders` and in the ledger."""
+        before = self.holders.pop(key, None)
+        if before is not None:
+            self.ledger.add(before, -1)
+        if holder is not None:
+            self.holders[key] = holder
+            self.ledger.add(holder)
 
     def put_node(self, event_type: str | None, body: Body) -> bool:
         """Records a node; True when something placement reads changed (heartbeats change nothing)."""
@@ -350,7 +361,7 @@ class WorldCache:
             plan_inputs=inputs,
             pods=tuple(worker_pod(pod) for pod in self.pods.get(key, {}).values()),
             nodes=tuple(self.nodes.values()),
-            used_gpus=used_gpus(self.holders.values(), except_job=key),
+            used_gpus=self.ledger.held_by_others(key),
             now=now,
             replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
             progress=self.progress.get(key),
