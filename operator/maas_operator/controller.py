@@ -21,7 +21,8 @@ from maas_api.status import Progress
 
 from maas_operator import metrics, names
 from maas_operator.cache import WorldCache, object_key
-from maas_operator.children import JobRef, Manifest
+from maas_operator.children import Manifest
+from maas_operator.events import EventPoster
 from maas_operator.kube import Kube, api_message
 from maas_operator.progress import ProgressPoller
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
@@ -84,6 +85,7 @@ class Controller:
         self._errors: Counter[str] = Counter()
         self._phases: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.events = EventPoster(lambda job, event, count: self.kube.post_event(job, event, count))
         self.progress = ProgressPoller(
             self.cache.progress_targets, self._on_progress, settings.progress_interval_seconds
         )
@@ -114,6 +116,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.events.close()
 
     def healthy(self) -> dict[str, Any]:
         """For kopf's liveness probe: the workers are alive and the queue is not stuck."""
@@ -248,7 +251,7 @@ class Controller:
                         # Only the operator's log would say why the job makes no progress: tell its owner.
                         kind, name = manifest["kind"], manifest["metadata"]["name"]
                         message = f"{kind} {name}: {api_message(result)}"
-                        await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                        self.events.post(job, Event("Warning", "FailedCreate", message))
                     failure = failure or result
                 elif manifest["kind"] in {"Pod", "ConfigMap"}:
                     self.cache.put_own_write(result)
@@ -293,7 +296,7 @@ class Controller:
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
-            await self._post_event(key, job, event)
+            self.events.post(job, event)
         if decision.delete_job:
             log.info("%s: ttlSecondsAfterFinished has passed; deleting the job", key)
             await self.kube.delete(KIND, job.namespace, job.name)
@@ -303,12 +306,6 @@ class Controller:
         self.queue.add(key, after=self.settings.resync_seconds)
         self._phases[key] = status.phase
         self._count_phases()
-
-    async def _post_event(self, key: str, job: JobRef, event: Event) -> None:
-        try:
-            await self.kube.post_event(job, event)
-        except ApiException as error:
-            log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
 
     def _forget_pod(self, namespace: str, job: str, name: str) -> None:
         """A pod known to be gone: the job label files it under its job (without it only the GPU count

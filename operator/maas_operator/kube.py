@@ -167,8 +167,8 @@ class Kube:
             raise
         return result
 
-    async def post_event(self, job: JobRef, event: Event) -> None:
-        """An event on the job, as `kubectl describe mj` shows it."""
+    async def post_event(self, job: JobRef, event: Event, count: int = 1) -> None:
+        """An event on the job, as `kubectl describe mj` shows it; `count`: how often it happened."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -187,7 +187,7 @@ class Kube:
             "message": event.message[:1000],
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
             "source": {"component": names.FIELD_MANAGER},
             "reportingComponent": f"{GROUP}/operator",
             "reportingInstance": self.instance[:128],

@@ -59,7 +59,7 @@ class RecordingKube:
         assert self.controller is not None
         return {**self.controller.cache.jobs[f"{job.namespace}/{job.name}"], "status": status}
 
-    async def post_event(self, job: JobRef, event: Event) -> None:
+    async def post_event(self, job: JobRef, event: Event, count: int = 1) -> None:
         self._record(f"event {event.reason}")
         await asyncio.sleep(0)
 
@@ -100,7 +100,11 @@ def test_no_request_is_made_under_the_lock_and_the_created_pods_are_the_servers(
     controller, kube = controller_with_nodes(gpus_per_node=8)
     key = add_job(controller, "job")
 
-    asyncio.run(controller.reconcile(key))
+    async def reconcile_and_post_events() -> None:
+        await controller.reconcile(key)
+        await controller.events.flush()
+
+    asyncio.run(reconcile_and_post_events())
 
     assert [what for what, _ in kube.calls] == [
         "status", "ConfigMap", "Service", *["Pod gated"] * 4, *["Pod ungated"] * 4,
