@@ -7,6 +7,7 @@ no-op and fields set by others (defaults, the scheduler, users' labels) are left
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -36,6 +37,18 @@ _PATHS = {
     "Event": ("/api/v1", "events"),
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
+
+
+TOO_MANY_REQUESTS_RETRIES = 10
+"""How often a request the API server answers 429 is sent again (client-go's default too)."""
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+
+def retry_after_seconds(error: ApiException) -> float:
+    """The wait a 429 answer asks for (its Retry-After header, whole seconds), else one second."""
+    headers: Mapping[str, str] = error.headers or {}
+    raw = str(headers.get("Retry-After") or headers.get("retry-after") or "")
+    return float(raw) if raw.isdigit() else DEFAULT_RETRY_AFTER_SECONDS
 
 
 def is_status(error: BaseException, *codes: int) -> bool:
@@ -77,17 +90,27 @@ class Kube:
         content_type: str = "application/json",
         kind: str = "",
     ) -> Any:
-        metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
-        return await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_types_map={200: "object", 201: "object", 202: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-        )
+        for attempt in range(TOO_MANY_REQUESTS_RETRIES + 1):
+            metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
+            try:
+                return await self.api.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body,
+                    response_types_map={200: "object", 201: "object", 202: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException as error:
+                if error.status != 429 or attempt == TOO_MANY_REQUESTS_RETRIES:
+                    raise
+                # The API server's priority and fairness turned the request away (its queues for our flow
+                # are full): wait as long as it says, as client-go does, rather than a fixed client rate.
+                metrics.API_THROTTLED.labels(verb=method, kind=kind).inc()
+                await asyncio.sleep(retry_after_seconds(error))
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str = "") -> str:
