@@ -118,4 +118,4 @@ def test_a_reconcile_does_not_wait_for_its_events_and_a_stopping_controller_post
 
     made, posted = asyncio.run(scenario())
     assert made.count("Pod gated") == 4 and made.count("Pod ungated") == 4
-    assert posted == ["Planned", "WorkersCreated"]
+    assert posted == ["WorkersCreated"]

@@ -108,7 +108,7 @@ def test_no_request_is_made_under_the_lock_and_the_created_pods_are_the_servers(
 
     assert [what for what, _ in kube.calls] == [
         "status", "ConfigMap", "Service", *["Pod gated"] * 4, *["Pod ungated"] * 4,
-        "event Planned", "event WorkersCreated",
+        "event WorkersCreated",
     ]  # fmt: skip
     assert not any(locked for _, locked in kube.calls)
     pods = controller.cache.pods[key]
