@@ -70,6 +70,16 @@ def new_pods(manifests: Sequence[Manifest], existing: Sequence[WorkerPod]) -> li
     return created
 
 
+class StaleChildError(RuntimeError):
+    """A child to create exists already as something else (the cache was behind the cluster): retried."""
+
+
+def _gang_of(pod: Manifest) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    gang = labels.get(names.GANG_LABEL)
+    return str(gang) if gang is not None else None
+
+
 def _wave_kind(manifest: Manifest) -> tuple[bool, bool]:
     """(is a pod, is gated)."""
     return manifest["kind"] == "Pod", bool((manifest.get("spec") or {}).get("schedulingGates"))
@@ -234,12 +244,18 @@ class Controller:
             metrics.RESTARTS.labels(cause="failure").inc(restarts)
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
+        existing = {pod.name for pod in observed.pods}
         for wave in apply_waves(decision.apply):
             # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
             # together, which shortens the time the placement lock is held by a factor of the gang size.
             results = await asyncio.gather(
-                *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
+                *(self._write(manifest, existing) for manifest in wave), return_exceptions=True
             )
+            existing |= {
+                m["metadata"]["name"]
+                for m, result in zip(wave, results, strict=True)
+                if m["kind"] == "Pod" and isinstance(result, dict)
+            }
             failure: BaseException | None = None
             for manifest, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
@@ -253,7 +269,7 @@ class Controller:
                         message = f"{kind} {name}: {api_message(result)}"
                         self.events.post(job, Event("Warning", "FailedCreate", message))
                     failure = failure or result
-                elif manifest["kind"] in {"Pod", "ConfigMap"}:
+                elif manifest["kind"] in {"Pod", "ConfigMap"} and result is not None:
                     self.cache.put_own_write(result)
             if failure is not None:
                 raise failure
@@ -306,6 +322,31 @@ class Controller:
         self.queue.add(key, after=self.settings.resync_seconds)
         self._phases[key] = status.phase
         self._count_phases()
+
+    async def _write(self, manifest: Manifest, existing: set[str]) -> dict[str, Any] | None:
+        """The request that makes the cluster hold `manifest`; None when the pod it concerns is gone.
+
+        A new gated pod is created (POST) and an existing pod's gates are lifted with a patch of that field:
+        for the API server both cost less than server-side applies of the whole pod, which the gang's pods
+        would otherwise each get twice. Everything else is applied server-side, so applying it again is a
+        no-op. A create that finds the pod there after all (a cache behind the cluster) reads it instead."""
+        if manifest["kind"] == "Pod":
+            namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+            gated = bool(manifest["spec"].get("schedulingGates"))
+            if gated and name not in existing:
+                created = await self.kube.create(manifest)
+                if created is not None:
+                    return created
+                found = await self.kube.get("Pod", namespace, name)
+                if found is not None and _gang_of(found) != _gang_of(manifest):
+                    # Another gang's pod holds the name: its gang must not be released with this one. The
+                    # next decision sees it (recorded now) and deletes it first.
+                    self.cache.put_own_write(found)
+                    raise StaleChildError(f"pod {namespace}/{name} exists from another gang")
+                return found
+            if not gated and name in existing:
+                return await self.kube.lift_gates(namespace, name)
+        return await self.kube.apply(manifest)
 
     def _forget_pod(self, namespace: str, job: str, name: str) -> None:
         """A pod known to be gone: the job label files it under its job (without it only the GPU count

@@ -117,5 +117,5 @@ def test_a_reconcile_does_not_wait_for_its_events_and_a_stopping_controller_post
         return made, [reason for _, reason, _ in server.posted]
 
     made, posted = asyncio.run(scenario())
-    assert made.count("Pod gated") == 4 and made.count("Pod ungated") == 4
+    assert made.count("Pod created gated") == 4 and made.count("Pod gates lifted") == 4
     assert posted == ["WorkersCreated"]

@@ -36,15 +36,30 @@ class RecordingKube:
         self.calls.append((what, self.controller.placement_lock.locked()))
 
     async def apply(self, manifest: Manifest) -> dict[str, Any]:
-        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
         kind = manifest["kind"]
-        self._record(f"{kind} {'gated' if gated else 'ungated'}" if kind == "Pod" else kind)
-        if kind == "Pod" and gated:
-            assert self.controller is not None
-            self.gpus_held_at_creates.append(sum(h.gpus for h in self.controller.cache.holders.values()))
+        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
+        self._record(f"{kind} applied {'gated' if gated else 'ungated'}" if kind == "Pod" else kind)
+        return await self._answer(manifest)
+
+    async def create(self, manifest: Manifest) -> dict[str, Any] | None:
+        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
+        self._record(f"{manifest['kind']} created {'gated' if gated else 'ungated'}")
+        assert self.controller is not None
+        self.gpus_held_at_creates.append(sum(h.gpus for h in self.controller.cache.holders.values()))
+        return await self._answer(manifest)
+
+    async def lift_gates(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._record("Pod gates lifted")
+        assert self.controller is not None
+        pod = self.controller.cache.pods[f"{namespace}/{name.rsplit('-', 2)[0]}"][name]
+        return await self._answer(
+            {**pod, "spec": {k: v for k, v in pod["spec"].items() if k != "schedulingGates"}}
+        )
+
+    async def _answer(self, manifest: Manifest) -> dict[str, Any]:
         # Yield, as a real request does, so concurrent reconciles interleave.
         await asyncio.sleep(0)
-        if kind == "Pod" and self.fail_pods is not None:
+        if manifest["kind"] == "Pod" and self.fail_pods is not None:
             raise ApiException(status=self.fail_pods, reason="refused")
         metadata = {
             **manifest["metadata"],
@@ -107,7 +122,7 @@ def test_no_request_is_made_under_the_lock_and_the_created_pods_are_the_servers(
     asyncio.run(reconcile_and_post_events())
 
     assert [what for what, _ in kube.calls] == [
-        "status", "ConfigMap", "Service", *["Pod gated"] * 4, *["Pod ungated"] * 4,
+        "status", "ConfigMap", "Service", *["Pod created gated"] * 4, *["Pod gates lifted"] * 4,
         "event WorkersCreated",
     ]  # fmt: skip
     assert not any(locked for _, locked in kube.calls)
@@ -134,7 +149,7 @@ def test_two_jobs_placed_at_once_never_count_the_same_free_gpus() -> None:
         c for c in controller.cache.jobs[waiting]["status"]["conditions"] if c["type"] == "Planned"
     )
     assert (planned["status"], planned["reason"]) == ("False", "Unschedulable")
-    assert sum(what == "Pod gated" for what, _ in kube.calls) == 4
+    assert sum(what == "Pod created gated" for what, _ in kube.calls) == 4
 
 
 def test_a_failed_create_gives_the_gpus_back_and_the_retry_reserves_them_again() -> None:
@@ -193,3 +208,4 @@ def test_new_pods_are_the_first_apply_of_each_pod_that_does_not_exist() -> None:
     assert all(m["spec"]["schedulingGates"] for m in created)
     # After a crash that left every pod made but gated, lifting the gates creates nothing.
     assert new_pods(applies, [worker_pod(m) for m in created]) == []
+
