@@ -96,6 +96,8 @@ class WorldCache:
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
         self._reservations = itertools.count()
         self._deleted_pod_uids: dict[str, None] = {}
+        self.version = 0
+        """Counts the changes to everything here: a decision made at one version holds while it is unchanged."""
         self.progress: dict[str, Progress] = {}
         """What worker 0 of each Train job last reported (the progress poller writes it)."""
         """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
@@ -103,6 +105,7 @@ class WorldCache:
     # -- watch events -------------------------------------------------------------------------------------
 
     def put_job(self, event_type: str | None, body: Body) -> str:
+        self.version += 1
         key = object_key(body)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
@@ -116,6 +119,7 @@ class WorldCache:
         A pod whose DELETED event was seen is never recorded again: the adapter's write-through of a delete
         or apply answer can arrive after the watch already reported the pod gone (kwok removes a deleted pod
         at once), and would otherwise leave a ghost that no later event removes. UIDs are never reused."""
+        self.version += 1
         key = object_key(body)
         job_key = job_key_of(body)
         deleted = event_type == "DELETED"
@@ -160,6 +164,7 @@ class WorldCache:
 
     def put_node(self, event_type: str | None, body: Body) -> bool:
         """Records a node; True when something placement reads changed (heartbeats change nothing)."""
+        self.version += 1
         name = str((body.get("metadata") or {}).get("name", ""))
         before = self.nodes.get(name)
         if event_type == "DELETED":
@@ -174,6 +179,7 @@ class WorldCache:
         return before is None or _node_summary(before) != _node_summary(node)
 
     def put_configmap(self, event_type: str | None, body: Body) -> str | None:
+        self.version += 1
         job_key = job_key_of(body)
         if job_key is None:
             return None
@@ -252,12 +258,17 @@ class WorldCache:
 
     def forget_job(self, key: str) -> None:
         """The job is gone: its children go with it (owner references), so drop what we know of them."""
+        self.version += 1
         self.jobs.pop(key, None)
         self.plan_configmaps.pop(key, None)
         self.replica_configmaps.pop(key, None)
         self.progress.pop(key, None)
         self._specs.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
+
+    def set_progress(self, key: str, progress: Progress) -> None:
+        self.version += 1
+        self.progress[key] = progress
 
     def active_job_keys(self) -> list[str]:
         return sorted(self.jobs)

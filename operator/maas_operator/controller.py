@@ -149,7 +149,7 @@ class Controller:
             self.queue.add(key)
 
     def _on_progress(self, key: str, progress: Progress) -> None:
-        self.cache.progress[key] = progress
+        self.cache.set_progress(key, progress)
         self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -207,16 +207,19 @@ class Controller:
             observed = self.cache.observe(key, datetime.now(UTC))
             if observed is None:
                 return
+            version = self.cache.version
             decision = self._decide(observed)
             if not (decision.planned or decision.creates_pods(observed.pods)):
                 await self._carry_out(key, observed, decision)
                 return
             async with self.placement_lock:
-                # Decide again under the lock: another job may have placed pods meanwhile.
-                observed = self.cache.observe(key, datetime.now(UTC))
-                if observed is None:
-                    return
-                decision = self._decide(observed)
+                if self.cache.version != version:
+                    # Decide again under the lock: another job may have placed pods meanwhile (unchanged, the
+                    # decision stands: planning is the costliest part of a reconcile, made once).
+                    observed = self.cache.observe(key, datetime.now(UTC))
+                    if observed is None:
+                        return
+                    decision = self._decide(observed)
                 # The new pods go into the cache before any request: the next decision counts their GPUs while
                 # this one's requests are in flight, so the lock never waits for the API server.
                 reserved = self.cache.reserve_pods(new_pods(decision.apply, observed.pods))

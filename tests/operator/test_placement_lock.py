@@ -209,3 +209,52 @@ def test_new_pods_are_the_first_apply_of_each_pod_that_does_not_exist() -> None:
     # After a crash that left every pod made but gated, lifting the gates creates nothing.
     assert new_pods(applies, [worker_pod(m) for m in created]) == []
 
+
+def test_a_new_job_is_planned_once_unless_the_world_changed_while_it_waited_for_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from maas_operator import controller as controller_module
+    from maas_operator.reconcile import reconcile as decide
+
+    plans: list[str] = []
+
+    def counting(observed: Any, settings: OperatorSettings) -> Any:
+        decision = decide(observed, settings)
+        if decision.planned:
+            plans.append(observed.job.name)
+        return decision
+
+    monkeypatch.setattr(controller_module, "reconcile", counting)
+
+    controller, kube = controller_with_nodes(gpus_per_node=4)
+    asyncio.run(controller.reconcile(add_job(controller, "alone")))
+    assert plans == ["alone"]
+
+    # Another placement holds the lock while the job decides; meanwhile pods of another job take the node.
+    controller, kube = controller_with_nodes(gpus_per_node=4)
+    key = add_job(controller, "waiting")
+
+    async def scenario() -> None:
+        async with controller.placement_lock:
+            task = asyncio.create_task(controller.reconcile(key))
+            await asyncio.sleep(0.01)  # it has decided and waits for the lock
+            for index in range(4):
+                controller.on_pod(
+                    "ADDED",
+                    {
+                        "metadata": {"name": f"other-{index}", "namespace": "ns", "uid": f"o{index}"},
+                        "spec": {
+                            "nodeName": "gpu-node-0",
+                            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                        },
+                        "status": {"phase": "Running"},
+                    },
+                )
+        await task
+
+    plans.clear()
+    asyncio.run(scenario())
+    # Decided twice (before the lock, and again under it on the changed world), and placed nothing.
+    assert plans == ["waiting"]
+    assert controller.cache.pods.get(key, {}) == {}
+    assert not any(what.startswith("Pod") for what, _ in kube.calls)
