@@ -96,6 +96,18 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def component_cpu_seconds(dev: DevCluster) -> dict[str, float]:
+    """CPU seconds so far of every control-plane component, and of this benchmark process (its watch)."""
+    seconds = {}
+    for name, pid in dev.state.pids.items():
+        try:
+            seconds[name] = process_cpu_seconds(pid)
+        except OSError:
+            continue
+    seconds["benchmark"] = time.process_time()
+    return seconds
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident memory so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -300,6 +312,7 @@ class Round:
         idle_rate = self.idle_rate()
         load_before = load_average()
         cpu_before, requests_before = process_cpu_seconds(pid), apiserver_requests(self.dev)
+        components_before = component_cpu_seconds(self.dev)
         client = self.dev.admin_client()
         path = self.controller.jobs_path(NAMESPACE)
         applied: dict[str, float] = {}
@@ -337,6 +350,7 @@ class Round:
         last_running = time.monotonic() - started
         time.sleep(SETTLE_SECONDS)
         requests_after, cpu_after = apiserver_requests(self.dev), process_cpu_seconds(pid)
+        components_after = component_cpu_seconds(self.dev)
         window = time.monotonic() - started
         load_after = load_average()
 
@@ -371,6 +385,11 @@ class Round:
                 "top": dict(delta.most_common(12)),
             },
             "cpu_s": rounded(cpu_after - cpu_before, 2),
+            "cpu_s_by_component": {
+                name: rounded(components_after[name] - components_before[name], 2)
+                for name in components_after
+                if name in components_before
+            },
             "peak_rss_mib": rounded(peak_rss_bytes(pid) / 2**20, 1),
             "gang": {
                 "partial_created_max_s": rounded(max(partial)),
@@ -486,6 +505,9 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"{m['load']['before']:>6.1f}-{m['load']['after']:<5.1f}"
         )
     measured = {name: row["median"] for name, row in rows.items() if "median" in row}
+    lines.append("")
+    for name, m in measured.items():
+        lines.append(f"cpu s during the {name} rounds (median): {_components(m['cpu_s_by_component'])}")
     ours = measured.get(MaaSOperator.name)
     anchors = {name: m for name, m in measured.items() if name != MaaSOperator.name}
     if ours and anchors:
@@ -768,26 +790,32 @@ def scale(arguments: argparse.Namespace, dev: DevCluster, scratch: Path) -> dict
     return {"waves": waves, "steady": steady, "restart": restarted}
 
 
+def _components(cpu: dict[str, float]) -> str:
+    """CPU seconds by component, largest first."""
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]))
+
+
 def format_scale(result: dict[str, Any]) -> str:
+    scale_result = result["scale"]
     lines = [
         f"our operator past the anchors: {result['nodes']} kwok nodes x 8 GPUs, MaaSJobs of 8 pods "
-        f"(2 stages x 4 replicas) applied at once; {result['machine']['cpus']} CPUs shared, "
+        f"(2 stages x 4 replicas) applied at once in waves; {result['machine']['cpus']} CPUs shared, "
         f"{result['machine']['memory_gib']} GiB",
         "",
-        f"{'jobs':>6}{'Running p50/p99':>20}{'last Running':>14}{'req/job all':>13}{'req/job ours':>14}"
-        f"{'reconciles/job':>16}{'cpu ms/job':>12}{'reconcile p99':>15}{'req/s all':>11}{'req/s ours':>12}"
-        f"{'RSS MiB':>9}{'load':>12}",
+        f"{'jobs':>6}{'Running p50/p99':>20}{'last Running':>14}{'reconcile p99':>15}{'req/s all':>11}"
+        f"{'req/s ours':>12}{'RSS MiB':>9}{'load':>12}",
     ]
-    for wave in result["scale"]["waves"]:
+    for wave in scale_result["waves"]:
         lines.append(
             f"{wave['jobs']:>6}{wave['running_s']['p50']:>11.1f}/{wave['running_s']['p99']:<6.1f}s "
-            f"{wave['first_apply_to_last_running_s']:>11.1f} s{wave['api_requests_per_job']:>13.1f}"
-            f"{wave['operator_requests_per_job']:>14.1f}{wave['reconciles_per_job']:>16.2f}"
-            f"{wave['cpu_s_per_job'] * 1000:>12.1f}{'<= ' + str(wave['reconcile_p99_s_at_most']) + ' s':>15}"
+            f"{wave['first_apply_to_last_running_s']:>11.1f} s"
+            f"{'<= ' + str(wave['reconcile_p99_s_at_most']) + ' s':>15}"
             f"{wave['api_request_rate_per_s']:>11.0f}{wave['operator_request_rate_per_s']:>12.1f}"
             f"{wave['rss_mib_after']:>9.0f}{wave['load']['before']:>6.1f}-{wave['load']['after']:<5.1f}"
         )
-    steady = result["scale"]["steady"]
+    for wave in scale_result["waves"]:
+        lines.append(f"  cpu s during the {wave['jobs']}-job wave: {_components(wave['cpu_s_by_component'])}")
+    steady = scale_result["steady"]
     lines += [
         "",
         f"steady ({steady['seconds']:.0f} s, every job Running): operator requests "
@@ -795,7 +823,7 @@ def format_scale(result: dict[str, Any]) -> str:
         f"{steady['operator_cpu_s']:.1f} s, all clients {steady['api_request_rate_per_s']:.0f} requests/s "
         f"(load {steady['load']})",
     ]
-    again = result["scale"]["restart"]
+    again = scale_result["restart"]
     lines += [
         f"restart with {again['jobs']} jobs present: live after {again['seconds_to_liveness']:.1f} s, in sync "
         f"(every job reconciled, queue empty) after {again['seconds_to_in_sync']:.1f} s; pods created "
@@ -803,17 +831,71 @@ def format_scale(result: dict[str, Any]) -> str:
         f"{again['pod_uids_unchanged']}; operator writes {again['operator_writes'] or 'none'}; peak "
         f"{again['peak_rss_mib']:.0f} MiB (load {again['load']['before']}-{again['load']['after']})",
         "",
-        "decision time in-process (a new 8-worker job planned / a running job looked at again), half the "
-        "nodes full of other pods:",
-        f"{'nodes':>8}{'pods cached':>13}{'planning p50/p99':>20}{'steady p50/p99':>20}",
+        "cost: per job as the jobs grow (same cluster), and per decision as the cluster grows (in-process, half",
+        "the nodes full of other pods)",
+        f"{'':28}{'req/job all':>12}{'req/job ours':>13}{'reconciles/job':>15}{'cpu ms/job':>11}"
+        f"{'new job planned p50/p99':>25}{'running job looked at p50/p99':>31}",
     ]
-    for row in result["planning"]:
+    for wave in scale_result["waves"]:
         lines.append(
-            f"{row['nodes']:>8}{row['pods_in_cache']:>13}"
-            f"{row['planning_ms']['p50']:>10.2f}/{row['planning_ms']['p99']:<6.2f}ms"
-            f"{row['steady_decision_ms']['p50']:>10.2f}/{row['steady_decision_ms']['p99']:<6.2f}ms"
+            f"{str(wave['jobs']) + ' jobs, ' + str(result['nodes']) + ' nodes':28}"
+            f"{wave['api_requests_per_job']:>12.1f}{wave['operator_requests_per_job']:>13.1f}"
+            f"{wave['reconciles_per_job']:>15.2f}{wave['cpu_s_per_job'] * 1000:>11.1f}{'':25}{'':31}"
+        )
+    for row in result["planning"]:
+        planning = f"{row['planning_ms']['p50']:.2f}/{row['planning_ms']['p99']:.2f} ms"
+        steady_ms = f"{row['steady_decision_ms']['p50']:.2f}/{row['steady_decision_ms']['p99']:.2f} ms"
+        lines.append(
+            f"{'1 job, ' + str(row['nodes']) + ' nodes, ' + str(row['pods_in_cache']) + ' pods':28}"
+            f"{'':12}{'':13}{'':15}{'':11}{planning:>25}{steady_ms:>31}"
         )
     return "\n".join(lines)
+
+
+def plot_scale(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    waves = result["scale"]["waves"]
+    figure, (cost, times, planning) = plt.subplots(1, 3, figsize=(15, 4))
+    jobs = [wave["jobs"] for wave in waves]
+    cost.plot(jobs, [w["api_requests_per_job"] for w in waves], "o-", label="API requests/job (all clients)")
+    cost.plot(jobs, [w["operator_requests_per_job"] for w in waves], "o-", label="operator requests/job")
+    cost.plot(jobs, [w["cpu_s_per_job"] * 1000 for w in waves], "o-", label="operator CPU ms/job")
+    cost.set_xscale("log")
+    cost.set_xlabel("jobs applied at once")
+    cost.set_title(f"per-job cost, {result['nodes']} nodes")
+    cost.legend(fontsize=8)
+    times.plot(jobs, [w["running_s"]["p50"] for w in waves], "o-", label="apply -> Running p50")
+    times.plot(jobs, [w["running_s"]["p99"] for w in waves], "o-", label="apply -> Running p99")
+    times.plot(
+        jobs, [w["first_apply_to_last_running_s"] for w in waves], "o-", label="first apply -> last Running"
+    )
+    times.set_xscale("log")
+    times.set_yscale("log")
+    times.set_xlabel("jobs applied at once")
+    times.set_ylabel("seconds")
+    loads = [w["load"]["after"] for w in waves]
+    times.set_title(f"load {min(loads):.0f}-{max(loads):.0f} on {result['machine']['cpus']} shared CPUs")
+    times.legend(fontsize=8)
+    rows = result["planning"]
+    nodes = [row["nodes"] for row in rows]
+    planning.plot(nodes, [row["planning_ms"]["p50"] for row in rows], "o-", label="new job planned p50")
+    planning.plot(nodes, [row["steady_decision_ms"]["p50"] for row in rows], "o-", label="running job p50")
+    planning.set_xscale("log")
+    planning.set_xlabel("nodes (half full of other pods)")
+    planning.set_ylabel("ms per decision (in-process)")
+    planning.set_title("decision time vs cluster size")
+    planning.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
 
 
 # -- main --------------------------------------------------------------------------------------------------
@@ -914,8 +996,9 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     output.with_suffix(".txt").write_text(report + "\n")
-    if not arguments.scale and not arguments.no_plot:
-        plot_comparison(result, output.with_suffix(".png"))
+    if not arguments.no_plot:
+        plot = plot_scale if arguments.scale else plot_comparison
+        plot(result, output.with_suffix(".png"))
     return 0
 
 

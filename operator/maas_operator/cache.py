@@ -24,7 +24,7 @@ from maas_operator.children import JobRef
 from maas_operator.planner import Node
 from maas_operator.progress import progress_url
 from maas_operator.reconcile import UNSCHEDULABLE, Observed
-from maas_operator.world import GpuHolder, gpu_holder, planner_node, used_gpus, worker_pod
+from maas_operator.world import GpuHolder, GpuLedger, gpu_holder, planner_node, worker_pod
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class WorldCache:
         self.pods: dict[str, dict[str, dict[str, Any]]] = {}
         """job key -> pod name -> pod."""
         self.holders: dict[str, GpuHolder] = {}
-        """pod key -> GPUs it holds (every pod in the cluster that holds any)."""
+        """pod key -> GPUs it holds (every pod in the cluster that holds any); change it through `_hold`."""
+        self.ledger = GpuLedger()
+        """The holders' GPUs summed per node and per job, so a decision reads them without a walk."""
         self.nodes: dict[str, Node] = {}
         self.plan_configmaps: dict[str, dict[str, Any]] = {}
         """job key -> its plan ConfigMap."""
@@ -94,6 +96,8 @@ class WorldCache:
         """(job key, ConfigMap resourceVersion) -> parsed plan, so a plan is parsed once."""
         self._reservations = itertools.count()
         self._deleted_pod_uids: dict[str, None] = {}
+        self.version = 0
+        """Counts the changes to everything here: a decision made at one version holds while it is unchanged."""
         self.progress: dict[str, Progress] = {}
         """What worker 0 of each Train job last reported (the progress poller writes it)."""
         """UIDs of pods seen deleted, oldest first (an ordered set, at most DELETED_UIDS_KEPT)."""
@@ -101,6 +105,7 @@ class WorldCache:
     # -- watch events -------------------------------------------------------------------------------------
 
     def put_job(self, event_type: str | None, body: Body) -> str:
+        self.version += 1
         key = object_key(body)
         if event_type == "DELETED":
             self.jobs.pop(key, None)
@@ -114,6 +119,7 @@ class WorldCache:
         A pod whose DELETED event was seen is never recorded again: the adapter's write-through of a delete
         or apply answer can arrive after the watch already reported the pod gone (kwok removes a deleted pod
         at once), and would otherwise leave a ghost that no later event removes. UIDs are never reused."""
+        self.version += 1
         key = object_key(body)
         job_key = job_key_of(body)
         deleted = event_type == "DELETED"
@@ -133,9 +139,9 @@ class WorldCache:
             return job_key
         holder = None if deleted else gpu_holder(body)
         if holder is not None:
-            self.holders[key] = holder
+            self._hold(key, holder)
         elif _same_pod(uid, self.holders[key].uid if key in self.holders else None):
-            self.holders.pop(key, None)
+            self._hold(key, None)
         if job_key is not None:
             name = key.split("/", 1)[1]
             pods = self.pods.setdefault(job_key, {})
@@ -147,8 +153,18 @@ class WorldCache:
                 pods.pop(name)
         return job_key
 
+    def _hold(self, key: str, holder: GpuHolder | None) -> None:
+        """The pod `key` holds `holder`'s GPUs now (None: none), in `holders` and in the ledger."""
+        before = self.holders.pop(key, None)
+        if before is not None:
+            self.ledger.add(before, -1)
+        if holder is not None:
+            self.holders[key] = holder
+            self.ledger.add(holder)
+
     def put_node(self, event_type: str | None, body: Body) -> bool:
         """Records a node; True when something placement reads changed (heartbeats change nothing)."""
+        self.version += 1
         name = str((body.get("metadata") or {}).get("name", ""))
         before = self.nodes.get(name)
         if event_type == "DELETED":
@@ -163,6 +179,7 @@ class WorldCache:
         return before is None or _node_summary(before) != _node_summary(node)
 
     def put_configmap(self, event_type: str | None, body: Body) -> str | None:
+        self.version += 1
         job_key = job_key_of(body)
         if job_key is None:
             return None
@@ -241,12 +258,17 @@ class WorldCache:
 
     def forget_job(self, key: str) -> None:
         """The job is gone: its children go with it (owner references), so drop what we know of them."""
+        self.version += 1
         self.jobs.pop(key, None)
         self.plan_configmaps.pop(key, None)
         self.replica_configmaps.pop(key, None)
         self.progress.pop(key, None)
         self._specs.pop(key, None)
         self._plans = {k: v for k, v in self._plans.items() if k[0] != key}
+
+    def set_progress(self, key: str, progress: Progress) -> None:
+        self.version += 1
+        self.progress[key] = progress
 
     def active_job_keys(self) -> list[str]:
         return sorted(self.jobs)
@@ -350,7 +372,7 @@ class WorldCache:
             plan_inputs=inputs,
             pods=tuple(worker_pod(pod) for pod in self.pods.get(key, {}).values()),
             nodes=tuple(self.nodes.values()),
-            used_gpus=used_gpus(self.holders.values(), except_job=key),
+            used_gpus=self.ledger.held_by_others(key),
             now=now,
             replica_configmaps=frozenset(self.replica_configmaps.get(key, set())),
             progress=self.progress.get(key),

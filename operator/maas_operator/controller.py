@@ -21,7 +21,8 @@ from maas_api.status import Progress
 
 from maas_operator import metrics, names
 from maas_operator.cache import WorldCache, object_key
-from maas_operator.children import JobRef, Manifest
+from maas_operator.children import Manifest
+from maas_operator.events import EventPoster
 from maas_operator.kube import Kube, api_message
 from maas_operator.progress import ProgressPoller
 from maas_operator.reconcile import Decision, Event, Observed, reconcile
@@ -69,6 +70,16 @@ def new_pods(manifests: Sequence[Manifest], existing: Sequence[WorkerPod]) -> li
     return created
 
 
+class StaleChildError(RuntimeError):
+    """A child to create exists already as something else (the cache was behind the cluster): retried."""
+
+
+def _gang_of(pod: Manifest) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    gang = labels.get(names.GANG_LABEL)
+    return str(gang) if gang is not None else None
+
+
 def _wave_kind(manifest: Manifest) -> tuple[bool, bool]:
     """(is a pod, is gated)."""
     return manifest["kind"] == "Pod", bool((manifest.get("spec") or {}).get("schedulingGates"))
@@ -84,6 +95,7 @@ class Controller:
         self._errors: Counter[str] = Counter()
         self._phases: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.events = EventPoster(lambda job, event, count: self.kube.post_event(job, event, count))
         self.progress = ProgressPoller(
             self.cache.progress_targets, self._on_progress, settings.progress_interval_seconds
         )
@@ -114,6 +126,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.events.close()
 
     def healthy(self) -> dict[str, Any]:
         """For kopf's liveness probe: the workers are alive and the queue is not stuck."""
@@ -136,7 +149,7 @@ class Controller:
             self.queue.add(key)
 
     def _on_progress(self, key: str, progress: Progress) -> None:
-        self.cache.progress[key] = progress
+        self.cache.set_progress(key, progress)
         self.queue.add(key)
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -194,16 +207,19 @@ class Controller:
             observed = self.cache.observe(key, datetime.now(UTC))
             if observed is None:
                 return
+            version = self.cache.version
             decision = self._decide(observed)
             if not (decision.planned or decision.creates_pods(observed.pods)):
                 await self._carry_out(key, observed, decision)
                 return
             async with self.placement_lock:
-                # Decide again under the lock: another job may have placed pods meanwhile.
-                observed = self.cache.observe(key, datetime.now(UTC))
-                if observed is None:
-                    return
-                decision = self._decide(observed)
+                if self.cache.version != version:
+                    # Decide again under the lock: another job may have placed pods meanwhile (unchanged, the
+                    # decision stands: planning is the costliest part of a reconcile, made once).
+                    observed = self.cache.observe(key, datetime.now(UTC))
+                    if observed is None:
+                        return
+                    decision = self._decide(observed)
                 # The new pods go into the cache before any request: the next decision counts their GPUs while
                 # this one's requests are in flight, so the lock never waits for the API server.
                 reserved = self.cache.reserve_pods(new_pods(decision.apply, observed.pods))
@@ -231,12 +247,18 @@ class Controller:
             metrics.RESTARTS.labels(cause="failure").inc(restarts)
         if disruptions > 0:
             metrics.RESTARTS.labels(cause="disruption").inc(disruptions)
+        existing = {pod.name for pod in observed.pods}
         for wave in apply_waves(decision.apply):
             # One round trip per wave rather than per object: a gang's pods are created (and then ungated)
             # together, which shortens the time the placement lock is held by a factor of the gang size.
             results = await asyncio.gather(
-                *(self.kube.apply(manifest) for manifest in wave), return_exceptions=True
+                *(self._write(manifest, existing) for manifest in wave), return_exceptions=True
             )
+            existing |= {
+                m["metadata"]["name"]
+                for m, result in zip(wave, results, strict=True)
+                if m["kind"] == "Pod" and isinstance(result, dict)
+            }
             failure: BaseException | None = None
             for manifest, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
@@ -248,9 +270,9 @@ class Controller:
                         # Only the operator's log would say why the job makes no progress: tell its owner.
                         kind, name = manifest["kind"], manifest["metadata"]["name"]
                         message = f"{kind} {name}: {api_message(result)}"
-                        await self._post_event(key, job, Event("Warning", "FailedCreate", message))
+                        self.events.post(job, Event("Warning", "FailedCreate", message))
                     failure = failure or result
-                elif manifest["kind"] in {"Pod", "ConfigMap"}:
+                elif manifest["kind"] in {"Pod", "ConfigMap"} and result is not None:
                     self.cache.put_own_write(result)
             if failure is not None:
                 raise failure
@@ -293,7 +315,7 @@ class Controller:
         for name in decision.delete_configmaps:
             await self.kube.delete("ConfigMap", job.namespace, name)
         for event in decision.events:
-            await self._post_event(key, job, event)
+            self.events.post(job, event)
         if decision.delete_job:
             log.info("%s: ttlSecondsAfterFinished has passed; deleting the job", key)
             await self.kube.delete(KIND, job.namespace, job.name)
@@ -304,11 +326,30 @@ class Controller:
         self._phases[key] = status.phase
         self._count_phases()
 
-    async def _post_event(self, key: str, job: JobRef, event: Event) -> None:
-        try:
-            await self.kube.post_event(job, event)
-        except ApiException as error:
-            log.warning("%s: event %s not posted: %s", key, event.reason, error.reason)
+    async def _write(self, manifest: Manifest, existing: set[str]) -> dict[str, Any] | None:
+        """The request that makes the cluster hold `manifest`; None when the pod it concerns is gone.
+
+        A new gated pod is created (POST) and an existing pod's gates are lifted with a patch of that field:
+        for the API server both cost less than server-side applies of the whole pod, which the gang's pods
+        would otherwise each get twice. Everything else is applied server-side, so applying it again is a
+        no-op. A create that finds the pod there after all (a cache behind the cluster) reads it instead."""
+        if manifest["kind"] == "Pod":
+            namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+            gated = bool(manifest["spec"].get("schedulingGates"))
+            if gated and name not in existing:
+                created = await self.kube.create(manifest)
+                if created is not None:
+                    return created
+                found = await self.kube.get("Pod", namespace, name)
+                if found is not None and _gang_of(found) != _gang_of(manifest):
+                    # Another gang's pod holds the name: its gang must not be released with this one. The
+                    # next decision sees it (recorded now) and deletes it first.
+                    self.cache.put_own_write(found)
+                    raise StaleChildError(f"pod {namespace}/{name} exists from another gang")
+                return found
+            if not gated and name in existing:
+                return await self.kube.lift_gates(namespace, name)
+        return await self.kube.apply(manifest)
 
     def _forget_pod(self, namespace: str, job: str, name: str) -> None:
         """A pod known to be gone: the job label files it under its job (without it only the GPU count

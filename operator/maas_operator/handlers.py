@@ -21,7 +21,10 @@ from maas_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-# One controller per operator process; set at start-up (kopf calls the handlers below in the same loop).
+# One controller per operator process; set at start-up. Every handler below is a coroutine function, so kopf
+# calls it in the operator's event loop: kopf runs plain functions in a thread pool, where they would change the
+# caches and the work queue (asyncio objects, not thread-safe) beside the loop, and cost a thread hand-off per
+# watch event.
 _controller: Controller | None = None
 
 
@@ -95,26 +98,26 @@ async def stop(**_: Any) -> None:
 
 
 @kopf.on.probe(id="reconciler")
-def probe(**_: Any) -> dict[str, Any]:
+async def probe(**_: Any) -> dict[str, Any]:
     return _the_controller().healthy()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def job_event(event: kopf.RawEvent, **_: Any) -> None:
+async def job_event(event: kopf.RawEvent, **_: Any) -> None:
     _the_controller().on_job(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("", "v1", "pods")
-def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
     # Every pod, not only ours: any pod holding GPUs on a node takes them from the planner.
     _the_controller().on_pod(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: kopf.RawEvent, **_: Any) -> None:
+async def node_event(event: kopf.RawEvent, **_: Any) -> None:
     _the_controller().on_node(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("", "v1", "configmaps", labels={names.JOB_LABEL: kopf.PRESENT})
-def configmap_event(event: kopf.RawEvent, **_: Any) -> None:
+async def configmap_event(event: kopf.RawEvent, **_: Any) -> None:
     _the_controller().on_configmap(event.get("type"), dict(event["object"]))

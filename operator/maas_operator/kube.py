@@ -7,6 +7,7 @@ no-op and fields set by others (defaults, the scheduler, users' labels) are left
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # With a charset the client leaves our own serialisation alone (`apply_body`); the API server drops the charset.
 APPLY = "application/apply-patch+yaml; charset=utf-8"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
 # Collections by kind: (path prefix, plural). Namespaced kinds only, except Node.
 _PATHS = {
     "Pod": ("/api/v1", "pods"),
@@ -57,6 +59,18 @@ def apply_body(manifest: Mapping[str, Any]) -> bytes:
     text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"))
     text = _LONE_SURROGATE.sub("\N{REPLACEMENT CHARACTER}", text)
     return _YAML_ESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode()
+
+
+TOO_MANY_REQUESTS_RETRIES = 10
+"""How often a request the API server answers 429 is sent again (client-go's default too)."""
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+
+def retry_after_seconds(error: ApiException) -> float:
+    """The wait a 429 answer asks for (its Retry-After header, whole seconds), else one second."""
+    headers: Mapping[str, str] = error.headers or {}
+    raw = str(headers.get("Retry-After") or headers.get("retry-after") or "")
+    return float(raw) if raw.isdigit() else DEFAULT_RETRY_AFTER_SECONDS
 
 
 def is_status(error: BaseException, *codes: int) -> bool:
@@ -98,17 +112,27 @@ class Kube:
         content_type: str = "application/json",
         kind: str = "",
     ) -> Any:
-        metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
-        return await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_types_map={200: "object", 201: "object", 202: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-        )
+        for attempt in range(TOO_MANY_REQUESTS_RETRIES + 1):
+            metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
+            try:
+                return await self.api.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body,
+                    response_types_map={200: "object", 201: "object", 202: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException as error:
+                if error.status != 429 or attempt == TOO_MANY_REQUESTS_RETRIES:
+                    raise
+                # The API server's priority and fairness turned the request away (its queues for our flow
+                # are full): wait as long as it says, as client-go does, rather than a fixed client rate.
+                metrics.API_THROTTLED.labels(verb=method, kind=kind).inc()
+                await asyncio.sleep(retry_after_seconds(error))
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str = "") -> str:
@@ -124,6 +148,39 @@ class Kube:
         result: dict[str, Any] = await self._call(
             "PATCH", path, apply_body(manifest), query, APPLY, manifest["kind"]
         )
+        return result
+
+    async def create(self, manifest: Manifest) -> dict[str, Any] | None:
+        """Creates an object that is known not to exist (POST: for the API server a create costs less than an
+        apply, which must work out the managed fields of every field); None when it exists after all."""
+        metadata = manifest["metadata"]
+        path = self._path(manifest["kind"], metadata["namespace"])
+        query = [("fieldManager", names.FIELD_MANAGER)]
+        try:
+            result: dict[str, Any] = await self._call("POST", path, manifest, query, kind=manifest["kind"])
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return result
+
+    async def lift_gates(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Removes a pod's scheduling gates (a merge patch of that one field, whoever set them); None when the
+        pod is gone."""
+        body = {"spec": {"schedulingGates": None}}
+        try:
+            result: dict[str, Any] = await self._call(
+                "PATCH",
+                self._path("Pod", namespace, name),
+                body,
+                [("fieldManager", names.FIELD_MANAGER)],
+                MERGE_PATCH,
+                "Pod",
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
         return result
 
     async def apply_status(self, job: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,8 +249,8 @@ class Kube:
             raise
         return result
 
-    async def post_event(self, job: JobRef, event: Event) -> None:
-        """An event on the job, as `kubectl describe mj` shows it."""
+    async def post_event(self, job: JobRef, event: Event, count: int = 1) -> None:
+        """An event on the job, as `kubectl describe mj` shows it; `count`: how often it happened."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -212,7 +269,7 @@ class Kube:
             "message": event.message[:1000],
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
             "source": {"component": names.FIELD_MANAGER},
             "reportingComponent": f"{GROUP}/operator",
             "reportingInstance": self.instance[:128],

@@ -20,6 +20,11 @@ RESTARTS = Counter("maas_gang_restarts_total", "Gang restarts by cause.", ["caus
 API_REQUESTS = Counter(
     "maas_api_requests_total", "Requests the operator sent to the API server.", ["verb", "kind"]
 )
+API_THROTTLED = Counter(
+    "maas_api_throttled_total",
+    "Requests the API server turned away with 429 (priority and fairness), sent again after Retry-After.",
+    ["verb", "kind"],
+)
 QUEUE_DEPTH = Gauge("maas_workqueue_depth", "Jobs waiting for a reconcile.")
 
 

@@ -612,7 +612,14 @@ def _support(step: _Step, spec: MaaSJobSpec, made: Sequence[Gang]) -> None:
         step.status.start_time = step.now
     attempts = sorted(f"{k} {v}" for k, v in step.status.attempts.items() if v)
     which = f" (attempt {', '.join(attempts)})" if attempts else ""
-    step.event("Normal", "WorkersCreated", f"created {created} worker pod(s){which}")
+    message = f"created {created} worker pod(s){which}"
+    planned = next((e for e in step.decision.events if e.type == "Normal" and e.reason == "Planned"), None)
+    if planned is not None:
+        # Placed and made in one decision is one happening, told once (the Planned condition keeps its own
+        # record): a POST less per new job, which is a third of the operator's events.
+        step.decision.events.remove(planned)
+        message = f"{message}: {planned.message}"
+    step.event("Normal", "WorkersCreated", message)
 
 
 def _rollout_stopped(step: _Step, spec: MaaSJobSpec) -> bool:

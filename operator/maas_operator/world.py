@@ -6,7 +6,7 @@ decisions (`reconcile`, `healing`, `status`) read. Nothing here talks to the API
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -246,6 +246,61 @@ def gpu_holder(pod: Mapping[str, Any]) -> GpuHolder | None:
         gpus=gpus,
         uid=str(metadata.get("uid") or ""),
     )
+
+
+class GpuLedger:
+    """GPUs held per node, in total and per MaaSJob, kept as holders come and go, so the GPUs held by every
+    job but one are known without walking every pod of the cluster (`held_by_others`)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, int] = {}
+        self.by_job: dict[str, dict[str, int]] = {}
+
+    def add(self, holder: GpuHolder, sign: int = 1) -> None:
+        """Counts a holder in (sign 1) or out again (sign -1)."""
+        _count(self.total, holder.node, sign * holder.gpus)
+        if holder.job is not None:
+            own = self.by_job.setdefault(holder.job, {})
+            _count(own, holder.node, sign * holder.gpus)
+            if not own:
+                del self.by_job[holder.job]
+
+    def held_by_others(self, job: str) -> HeldByOthers:
+        return HeldByOthers(self.total, self.by_job.get(job, {}))
+
+
+def _count(counts: dict[str, int], node: str, change: int) -> None:
+    value = counts.get(node, 0) + change
+    if value:
+        counts[node] = value
+    else:
+        counts.pop(node, None)
+
+
+class HeldByOthers(Mapping[str, int]):
+    """node -> GPUs held by pods that are not one job's: the ledger's totals less that job's own, read when
+    asked (a decision reads it at once, without awaiting anything in between). Equal to
+    `used_gpus(holders, except_job=job)` at the time of reading."""
+
+    def __init__(self, total: Mapping[str, int], own: Mapping[str, int]) -> None:
+        self._total = total
+        self._own = own
+
+    def __getitem__(self, node: str) -> int:
+        value = self._total.get(node, 0) - self._own.get(node, 0)
+        if value <= 0:
+            raise KeyError(node)
+        return value
+
+    def get(self, node: str, default: Any = None) -> Any:
+        value = self._total.get(node, 0) - self._own.get(node, 0)
+        return value if value > 0 else default
+
+    def __iter__(self) -> Iterator[str]:
+        return (node for node, gpus in self._total.items() if gpus - self._own.get(node, 0) > 0)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def used_gpus(holders: Iterable[GpuHolder], except_job: str | None = None) -> dict[str, int]:

@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from maas_operator import names
 from maas_operator.cache import WorldCache, job_key_of
+from maas_operator.world import used_gpus
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -160,6 +163,39 @@ def test_finished_and_deleted_pods_hold_no_gpus() -> None:
     cache.put_pod("MODIFIED", pod("w0", bound_to="n0", phase="Succeeded"))
     cache.put_pod("DELETED", pod("w1", bound_to="n0", phase="Running"))
     assert cache.holders == {}
+
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["ADDED", "MODIFIED", "DELETED"]),
+        st.sampled_from(["a-0", "a-1", "b-0", "c-0"]),
+        st.sampled_from(["a", "b", None]),
+        st.sampled_from(["n0", "n1", None]),
+        st.integers(min_value=0, max_value=3),
+        st.sampled_from(["Pending", "Running", "Succeeded"]),
+        st.sampled_from(["u1", "u2"]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EVENTS)
+def test_the_gpu_ledger_always_equals_a_walk_over_every_holder(
+    events: list[tuple[str, str, str | None, str | None, int, str, str]],
+) -> None:
+    """The per-node sums a decision reads are kept as pods come and go; whatever the order of events
+    (new UIDs, late DELETEDs, finished pods, moves), they equal summing every holder afresh."""
+    cache = WorldCache()
+    for version, (event, name, job, node_name, gpus, phase, uid) in enumerate(events, start=1):
+        body = pod(name, job=job, gpus=gpus, bound_to=node_name, phase=phase, version=version)
+        body["metadata"]["uid"] = uid
+        cache.put_pod(event, body)
+    for job in ("ns/a", "ns/b", "ns/none"):
+        assert dict(cache.ledger.held_by_others(job)) == used_gpus(cache.holders.values(), except_job=job)
+    everything = used_gpus(cache.holders.values())
+    assert cache.ledger.total == everything
+    assert all(count > 0 for own in cache.ledger.by_job.values() for count in own.values())
 
 
 def test_a_job_sees_the_gpus_of_every_pod_but_its_own() -> None:

@@ -47,7 +47,7 @@ class FakeKube:
             "status": status,
         }
 
-    async def post_event(self, job: Any, event: Any) -> None:
+    async def post_event(self, job: Any, event: Any, count: int = 1) -> None:
         return None
 
     async def delete(

@@ -36,15 +36,30 @@ class RecordingKube:
         self.calls.append((what, self.controller.placement_lock.locked()))
 
     async def apply(self, manifest: Manifest) -> dict[str, Any]:
-        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
         kind = manifest["kind"]
-        self._record(f"{kind} {'gated' if gated else 'ungated'}" if kind == "Pod" else kind)
-        if kind == "Pod" and gated:
-            assert self.controller is not None
-            self.gpus_held_at_creates.append(sum(h.gpus for h in self.controller.cache.holders.values()))
+        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
+        self._record(f"{kind} applied {'gated' if gated else 'ungated'}" if kind == "Pod" else kind)
+        return await self._answer(manifest)
+
+    async def create(self, manifest: Manifest) -> dict[str, Any] | None:
+        gated = bool(manifest.get("spec", {}).get("schedulingGates"))
+        self._record(f"{manifest['kind']} created {'gated' if gated else 'ungated'}")
+        assert self.controller is not None
+        self.gpus_held_at_creates.append(sum(h.gpus for h in self.controller.cache.holders.values()))
+        return await self._answer(manifest)
+
+    async def lift_gates(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._record("Pod gates lifted")
+        assert self.controller is not None
+        pod = self.controller.cache.pods[f"{namespace}/{name.rsplit('-', 2)[0]}"][name]
+        return await self._answer(
+            {**pod, "spec": {k: v for k, v in pod["spec"].items() if k != "schedulingGates"}}
+        )
+
+    async def _answer(self, manifest: Manifest) -> dict[str, Any]:
         # Yield, as a real request does, so concurrent reconciles interleave.
         await asyncio.sleep(0)
-        if kind == "Pod" and self.fail_pods is not None:
+        if manifest["kind"] == "Pod" and self.fail_pods is not None:
             raise ApiException(status=self.fail_pods, reason="refused")
         metadata = {
             **manifest["metadata"],
@@ -59,7 +74,7 @@ class RecordingKube:
         assert self.controller is not None
         return {**self.controller.cache.jobs[f"{job.namespace}/{job.name}"], "status": status}
 
-    async def post_event(self, job: JobRef, event: Event) -> None:
+    async def post_event(self, job: JobRef, event: Event, count: int = 1) -> None:
         self._record(f"event {event.reason}")
         await asyncio.sleep(0)
 
@@ -100,11 +115,15 @@ def test_no_request_is_made_under_the_lock_and_the_created_pods_are_the_servers(
     controller, kube = controller_with_nodes(gpus_per_node=8)
     key = add_job(controller, "job")
 
-    asyncio.run(controller.reconcile(key))
+    async def reconcile_and_post_events() -> None:
+        await controller.reconcile(key)
+        await controller.events.flush()
+
+    asyncio.run(reconcile_and_post_events())
 
     assert [what for what, _ in kube.calls] == [
-        "status", "ConfigMap", "Service", *["Pod gated"] * 4, *["Pod ungated"] * 4,
-        "event Planned", "event WorkersCreated",
+        "status", "ConfigMap", "Service", *["Pod created gated"] * 4, *["Pod gates lifted"] * 4,
+        "event WorkersCreated",
     ]  # fmt: skip
     assert not any(locked for _, locked in kube.calls)
     pods = controller.cache.pods[key]
@@ -130,7 +149,7 @@ def test_two_jobs_placed_at_once_never_count_the_same_free_gpus() -> None:
         c for c in controller.cache.jobs[waiting]["status"]["conditions"] if c["type"] == "Planned"
     )
     assert (planned["status"], planned["reason"]) == ("False", "Unschedulable")
-    assert sum(what == "Pod gated" for what, _ in kube.calls) == 4
+    assert sum(what == "Pod created gated" for what, _ in kube.calls) == 4
 
 
 def test_a_failed_create_gives_the_gpus_back_and_the_retry_reserves_them_again() -> None:
@@ -189,3 +208,53 @@ def test_new_pods_are_the_first_apply_of_each_pod_that_does_not_exist() -> None:
     assert all(m["spec"]["schedulingGates"] for m in created)
     # After a crash that left every pod made but gated, lifting the gates creates nothing.
     assert new_pods(applies, [worker_pod(m) for m in created]) == []
+
+
+def test_a_new_job_is_planned_once_unless_the_world_changed_while_it_waited_for_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from maas_operator import controller as controller_module
+    from maas_operator.reconcile import reconcile as decide
+
+    plans: list[str] = []
+
+    def counting(observed: Any, settings: OperatorSettings) -> Any:
+        decision = decide(observed, settings)
+        if decision.planned:
+            plans.append(observed.job.name)
+        return decision
+
+    monkeypatch.setattr(controller_module, "reconcile", counting)
+
+    controller, kube = controller_with_nodes(gpus_per_node=4)
+    asyncio.run(controller.reconcile(add_job(controller, "alone")))
+    assert plans == ["alone"]
+
+    # Another placement holds the lock while the job decides; meanwhile pods of another job take the node.
+    controller, kube = controller_with_nodes(gpus_per_node=4)
+    key = add_job(controller, "waiting")
+
+    async def scenario() -> None:
+        async with controller.placement_lock:
+            task = asyncio.create_task(controller.reconcile(key))
+            await asyncio.sleep(0.01)  # it has decided and waits for the lock
+            for index in range(4):
+                controller.on_pod(
+                    "ADDED",
+                    {
+                        "metadata": {"name": f"other-{index}", "namespace": "ns", "uid": f"o{index}"},
+                        "spec": {
+                            "nodeName": "gpu-node-0",
+                            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+                        },
+                        "status": {"phase": "Running"},
+                    },
+                )
+        await task
+
+    plans.clear()
+    asyncio.run(scenario())
+    # Decided twice (before the lock, and again under it on the changed world), and placed nothing.
+    assert plans == ["waiting"]
+    assert controller.cache.pods.get(key, {}) == {}
+    assert not any(what.startswith("Pod") for what, _ in kube.calls)

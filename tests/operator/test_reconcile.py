@@ -35,7 +35,10 @@ def test_a_new_job_is_planned_and_its_gang_created_then_ungated() -> None:
     assert world.condition("Planned") == ("True", "Planned")
     assert world.status.start_time == world.now
     assert world.status.selector == "maas.dev/job=job"
-    assert [e.reason for e in decision.events] == ["Planned", "WorkersCreated"]
+    # Placed and made at once: one event tells both.
+    assert [(e.reason, e.message) for e in decision.events] == [
+        ("WorkersCreated", "created 3 worker pod(s): 3 worker(s) of 1 GPU(s) on 1 node(s)")
+    ]
 
 
 def test_the_job_becomes_ready_when_every_worker_runs_and_then_nothing_changes() -> None:
