@@ -50,7 +50,7 @@ def test_the_demo_trains_on_the_real_node_and_serves_a_prediction(
     assert "kwok-only" not in printed
     job = load_example("large-model-train.yaml")["metadata"]["name"]
     # `kubectl get mj -w`: the job's rows (empty cells leave no token: STEP and LOSS follow STATUS when set),
-    # the last one Succeeded at the final step with a loss, and steps seen going up while it ran.
+    # the last one Succeeded at the final step with a loss.
     rows = [line.split() for line in printed.splitlines() if line.startswith(f"{job} ")]
     progress = []
     for row in rows:
@@ -60,8 +60,10 @@ def test_the_demo_trains_on_the_real_node_and_serves_a_prediction(
     final = re.search(r"final progress \(read from the workers\): step (\d+)/(\d+), loss [0-9.e-]+", printed)
     assert final and final[1] == final[2], printed[-3000:]
     assert progress and progress[-1][:2] == ("Succeeded", int(final[2])), rows
+    # The first progress comes late (the operator backs off from workers still starting; README, planned), but
+    # it comes before the end: a step short of the last one was on screen while the workers trained.
     steps = [step for _, step, _ in progress]
-    assert len(set(steps)) > 2 and steps == sorted(steps), rows
+    assert steps == sorted(steps) and steps[0] < steps[-1], rows
     # One prediction of the served model (its last stage gives 40 numbers per input).
     answer = json.loads(printed.split("  -> ", 1)[1].splitlines()[0])
     (outputs,) = answer["outputs"]
