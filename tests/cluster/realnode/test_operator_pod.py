@@ -46,7 +46,7 @@ def operator_pod(
 ) -> Iterator[dict[str, Any]]:
     """The chart installed with the real node's values and its operator pod Ready; uninstalled afterwards."""
     cluster = real_node_cluster.cluster
-    # One operator at a time: the host's process is restarted by the next test that asks for it.
+    # One operator at a time: the host's process stops while the chart's runs.
     real_operator.stop()
     values = chart_values(real_node_cluster)
     run_helm(
@@ -76,6 +76,8 @@ def operator_pod(
             "--kubeconfig",
             cluster.kubeconfig,
         )
+        # The session's host operator again, for the tests after this one.
+        real_operator.start()
 
 
 def test_the_charts_operator_runs_as_a_pod_on_the_real_node_and_reconciles_a_job(
