@@ -6,9 +6,7 @@ factory fails the job at once with the runtime's own message."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from maas_api.plan import Plan
 from maas_operator import names
 
 from tests.cluster.operator.support import Jobs, bound_claim
+from tests.cluster.realnode.serving_load import kill_worker_process
 from tests.cluster.realnode.support import reference_train_job, step_events
 from tests.runtime.reference import reference_training
 from tests.runtime.support import TOLERANCE
@@ -46,25 +45,6 @@ def checkpointed_job(jobs: Jobs, name: str, folder: Path, replicas: int) -> dict
     spec["checkpoint"] = {"claimName": CLAIM, "intervalSteps": CHECKPOINT_INTERVAL}
     spec["failurePolicy"] = {"backoff": {"initialSeconds": BACKOFF_SECONDS}}
     return job
-
-
-def worker_process(jobs: Jobs, pod: str) -> int:
-    """The pid, on this host, of the training process in the pod (the elastic agent's child, `-m
-    maas_runtime`): a process of the pod's cgroup, which the kubelet names after the pod's uid."""
-    uid = pod_uid(jobs, pod)
-    assert uid is not None, f"no pod {pod}"
-    names = (uid, uid.replace("-", "_"))
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-            cgroups = (entry / "cgroup").read_text()
-        except OSError:
-            continue
-        if b"maas_runtime" in arguments and any(name in cgroups for name in names):
-            return int(entry.name)
-    raise AssertionError(f"no training process of pod {pod} (uid {uid}) on this host")
 
 
 def pod_uid(jobs: Jobs, pod: str) -> str | None:
@@ -139,7 +119,9 @@ def test_a_killed_worker_and_a_deleted_pod_resume_from_the_checkpoint_with_the_u
     wait_checkpoint(real_jobs, name, CHECKPOINT_INTERVAL)
     killed_uid = pod_uid(real_jobs, rank0)
     assert killed_uid is not None
-    os.kill(worker_process(real_jobs, f"{name}-r1-s1"), signal.SIGKILL)
+    killed_pod_uid = pod_uid(real_jobs, f"{name}-r1-s1")
+    assert killed_pod_uid is not None
+    kill_worker_process(killed_pod_uid)
     killed_at = time.time()
     first_resume = wait_resumed(real_jobs, name, rank0, killed_uid)
     assert first_resume >= CHECKPOINT_INTERVAL and first_resume % CHECKPOINT_INTERVAL == 0
